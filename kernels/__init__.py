@@ -1,0 +1,10 @@
+"""The masked LSTM recurrence: ``lstm_layer`` and its backends.
+
+``kernels`` imports only torch and triton (DESIGN.md, "Layout").
+"""
+
+from .contract import MASK_NAMES, RecurrentMasks, check_inputs
+from .gemm import linear
+from .layer import BACKENDS, lstm_layer
+
+__all__ = ["BACKENDS", "MASK_NAMES", "RecurrentMasks", "check_inputs", "linear", "lstm_layer"]

@@ -1,0 +1,67 @@
+"""The recurrence contract shared by every backend: mask bundle and input checks.
+
+See DESIGN.md, "The recurrence contract". Checks happen here, once, at the
+Python boundary, so backends can assume well-formed inputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+MASK_NAMES = ("recurrent", "cell_update", "cell", "zoneout_h", "zoneout_c")
+
+
+class RecurrentMasks(NamedTuple):
+    """Masks on the recurrence; each None, (B, H) (sequence) or (T, B, H) (step).
+
+    Dropout masks hold 0 or 1/(1-p); zoneout masks hold 1 where the previous
+    value is kept (or the keep probability itself, for zoneout's evaluation).
+    """
+
+    recurrent: torch.Tensor | None = None
+    cell_update: torch.Tensor | None = None
+    cell: torch.Tensor | None = None
+    zoneout_h: torch.Tensor | None = None
+    zoneout_c: torch.Tensor | None = None
+
+    def at(self, t: int) -> "RecurrentMasks":
+        """The masks that apply at step ``t`` (sequence masks are the same at every t)."""
+        return RecurrentMasks(*(None if m is None else (m if m.dim() == 2 else m[t]) for m in self))
+
+    def present(self) -> tuple[str, ...]:
+        return tuple(name for name, m in zip(MASK_NAMES, self) if m is not None)
+
+
+def check_inputs(gx, h0, c0, w_hh, masks: RecurrentMasks) -> None:
+    """Raise ValueError naming what is wrong and what the contract expects."""
+    if gx.dim() != 3 or gx.shape[-1] % 4 != 0:
+        raise ValueError(f"gx must be (T, B, 4H); got shape {tuple(gx.shape)}")
+    T, B, H4 = gx.shape
+    H = H4 // 4
+    if T < 1 or B < 1 or H < 1:
+        raise ValueError(f"gx must have T, B, H >= 1; got shape {tuple(gx.shape)}")
+    if not gx.is_floating_point():
+        raise ValueError(f"gx must be a floating-point tensor; got {gx.dtype}")
+    expected = {"h0": (B, H), "c0": (B, H), "w_hh": (4 * H, H)}
+    for name, t in (("h0", h0), ("c0", c0), ("w_hh", w_hh)):
+        if tuple(t.shape) != expected[name]:
+            raise ValueError(
+                f"{name} must have shape {expected[name]} for gx of shape {tuple(gx.shape)}; "
+                f"got {tuple(t.shape)}"
+            )
+    for name, m in zip(("h0", "c0", "w_hh") + MASK_NAMES, (h0, c0, w_hh) + tuple(masks)):
+        if m is None:
+            continue
+        if m.device != gx.device or m.dtype != gx.dtype:
+            raise ValueError(
+                f"{name} is {m.dtype} on {m.device} but gx is {gx.dtype} on {gx.device}; "
+                "all inputs must share gx's dtype and device"
+            )
+    for name, m in zip(MASK_NAMES, masks):
+        if m is not None and tuple(m.shape) not in ((B, H), (T, B, H)):
+            raise ValueError(
+                f"mask {name!r} must be (B, H) = {(B, H)} for sequence scope or "
+                f"(T, B, H) = {(T, B, H)} for step scope; got {tuple(m.shape)}"
+            )
