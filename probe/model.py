@@ -1,0 +1,193 @@
+"""The LSTM language model: embedding -> [mask sites] -> masked LSTM layers -> decoder.
+
+Every layer's recurrence runs through ``kernels.lstm_layer``, so the same
+model trains on the CPU reference path and on the Triton kernels on a GPU.
+Where the masks go is decided by the placement alone (``probe.placements``);
+the model only samples them and applies them at their sites:
+
+    embedding    e = E[x] * m_emb[x]            one mask per word type per batch
+    input        x_l = x_l * m_in               each layer's non-recurrent input
+    weight       W_hh * m_w                     DropConnect, applied functionally
+    recurrent, cell_update, cell, zoneout_h, zoneout_c   inside the recurrence
+    output       y = h_top * m_out              before the decoder
+
+Masks can also be sampled once and passed in explicitly (``sample_masks``),
+which is how measurements apply a placement's training masks identically to
+two inputs without depending on train/eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kernels import RecurrentMasks, linear, lstm_layer
+
+from .placements import RECURRENT_SITES, Placement, Site, dropout_mask, parse_placement, site_mask
+
+State = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a language model; sizes as in Zaremba et al.'s table."""
+
+    vocab_size: int
+    emb_size: int = 200
+    hidden_size: int = 200
+    num_layers: int = 2
+    tie_weights: bool = False
+    init_scale: float = 0.1
+    placement: str = "none"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "emb_size", "hidden_size", "num_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+        if self.tie_weights and self.emb_size != self.hidden_size:
+            raise ValueError(
+                f"tie_weights needs emb_size == hidden_size (the decoder reuses the embedding); "
+                f"got emb_size={self.emb_size}, hidden_size={self.hidden_size}"
+            )
+        if not self.init_scale > 0:
+            raise ValueError(f"init_scale must be positive; got {self.init_scale}")
+        parse_placement(self.placement)  # fail early, with the registry's message
+
+
+@dataclass
+class LayerMasks:
+    """Masks of one LSTM layer for one forward pass."""
+
+    input: torch.Tensor | None
+    weight: torch.Tensor | None
+    recurrent: RecurrentMasks
+
+
+@dataclass
+class ModelMasks:
+    """Every mask of one forward pass over (T, B) tokens."""
+
+    embedding: torch.Tensor | None
+    layers: list[LayerMasks]
+    output: torch.Tensor | None
+
+
+class LSTMLayer(nn.Module):
+    """Parameters of one layer, in PyTorch's gate order i, f, g, o."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.w_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.w_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
+
+
+def _apply(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Multiply (T, B, D) activations by a step (T, B, D) or sequence (B, D) mask."""
+    return x if mask is None else x * mask
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.placement: Placement = parse_placement(config.placement)
+        c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.emb_size)
+        sizes = [c.emb_size] + [c.hidden_size] * c.num_layers
+        self.layers = nn.ModuleList(LSTMLayer(sizes[i], sizes[i + 1]) for i in range(c.num_layers))
+        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+        if c.tie_weights:
+            # Press & Wolf 2017; Inan et al. 2017: share the embedding with the decoder.
+            self.decoder.weight = self.embedding.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zaremba et al.: every parameter uniform in [-s, s]."""
+        s = self.config.init_scale
+        for p in self.parameters():
+            nn.init.uniform_(p, -s, s)
+
+    def init_state(self, batch_size: int) -> State:
+        p = self.decoder.weight
+        H = self.config.hidden_size
+        return [(p.new_zeros(batch_size, H), p.new_zeros(batch_size, H)) for _ in self.layers]
+
+    # --- masks ------------------------------------------------------------
+
+    def sample_masks(
+        self, T: int, B: int, generator: torch.Generator | None = None, *, training: bool = True
+    ) -> ModelMasks:
+        """The placement's masks for one forward pass over (T, B) tokens.
+
+        ``training=False`` gives evaluation masks: none for dropout sites and
+        the keep probability for zoneout sites.
+        """
+        pl, c = self.placement, self.config
+        ref = self.decoder.weight
+        kw = dict(dtype=ref.dtype, device=ref.device)
+        emb = None
+        if training and pl.active(Site.EMBEDDING):
+            emb = dropout_mask((c.vocab_size,), pl.rate(Site.EMBEDDING), generator, **kw)
+        layers = []
+        for layer in self.layers:
+            H_in = layer.w_ih.shape[1]
+            H = c.hidden_size
+            weight = None
+            if training and pl.active(Site.WEIGHT):
+                weight = dropout_mask(tuple(layer.w_hh.shape), pl.rate(Site.WEIGHT), generator, **kw)
+            rec = RecurrentMasks(
+                *(site_mask(pl, s, T, B, H, generator, training=training, **kw) for s in RECURRENT_SITES)
+            )
+            layers.append(LayerMasks(site_mask(pl, Site.INPUT, T, B, H_in, generator, training=training, **kw), weight, rec))
+        out = site_mask(pl, Site.OUTPUT, T, B, c.hidden_size, generator, training=training, **kw)
+        return ModelMasks(emb, layers, out)
+
+    # --- forward ----------------------------------------------------------
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        state: State | None = None,
+        *,
+        masks: ModelMasks | None = None,
+        generator: torch.Generator | None = None,
+        return_hidden: bool = False,
+    ):
+        """Logits (T, B, V) for token ids (T, B), and the final state.
+
+        Masks: the explicit ``masks`` if given (whatever the mode), else the
+        placement's training masks in training mode (drawn from
+        ``generator``), else its evaluation masks. With ``return_hidden``,
+        also returns each layer's hidden states ``[(T, B, H)] * L``.
+        """
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be (T, B) token ids; got shape {tuple(ids.shape)}")
+        T, B = ids.shape
+        if state is None:
+            state = self.init_state(B)
+        if masks is None:
+            masks = self.sample_masks(T, B, generator, training=self.training)
+        x = self.embedding(ids)
+        if masks.embedding is not None:
+            x = x * masks.embedding[ids].unsqueeze(-1)
+        new_state, hidden = [], []
+        for layer, m, (h0, c0) in zip(self.layers, masks.layers, state):
+            gx = linear(_apply(x, m.input), layer.w_ih, layer.bias)
+            w_hh = layer.w_hh if m.weight is None else layer.w_hh * m.weight
+            x, (h, c) = lstm_layer(gx, h0, c0, w_hh, **m.recurrent._asdict(), backend=self.config.backend)
+            new_state.append((h, c))
+            hidden.append(x)
+        logits = linear(_apply(x, masks.output), self.decoder.weight, self.decoder.bias)
+        if return_hidden:
+            return logits, new_state, hidden
+        return logits, new_state
+
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between BPTT windows while carrying the values (Zaremba et al.)."""
+    return [(h.detach(), c.detach()) for h, c in state]

@@ -1,0 +1,438 @@
+"""Training with Zaremba et al.'s protocol: ``train(RunConfig) -> RunResult``.
+
+Plain SGD, learning rate held for ``decay_after`` epochs and then divided by
+``lr_decay`` every epoch, gradient norm clipped, hidden state carried across
+BPTT windows (detached) and reset at each epoch start, evaluation with
+carried state and no dropout. A run is a pure function of its configuration:
+its folder (keyed by a hash of the configuration) holds the configuration,
+per-epoch metrics and a checkpoint after every epoch from which it resumes
+to bit-identical results. A loss that turns NaN or infinite ends the run
+with status ``diverged`` instead of an exception.
+
+    python -m probe.train --corpus tinyshakespeare --placement variational --preset tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import Corpus, batchify, bptt_windows, load_corpus
+from .model import LanguageModel, ModelConfig, detach_state
+from .placements import parse_placement
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result (the hash of this is its identity)."""
+
+    corpus: str = "synthetic"
+    split: str = "canonical"
+    placement: str = "zaremba"
+    num_layers: int = 2
+    hidden_size: int = 200
+    emb_size: int = 200
+    tie_weights: bool = False
+    batch_size: int = 20
+    bptt: int = 20
+    lr: float = 1.0
+    lr_decay: float = 2.0
+    decay_after: int = 4
+    epochs: int = 13
+    clip: float = 5.0
+    init_scale: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        positive = ("num_layers", "hidden_size", "emb_size", "batch_size", "bptt", "epochs")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+        for name in ("lr", "lr_decay", "clip", "init_scale"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
+        if self.decay_after < 0:
+            raise ValueError(f"decay_after must be >= 0; got {self.decay_after}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        parse_placement(self.placement)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 1-based ``epoch``: held, then divided by lr_decay per epoch."""
+        return self.lr / self.lr_decay ** max(0, epoch - self.decay_after)
+
+    def run_id(self) -> str:
+        """A stable hash of the full configuration: the run folder's name."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=vocab_size,
+            emb_size=self.emb_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            tie_weights=self.tie_weights,
+            init_scale=self.init_scale,
+            placement=self.placement,
+            backend=self.backend,
+        )
+
+
+# Zaremba, Sutskever & Vinyals 2014, Table 1 and Sec. 4.1 (see REFERENCES.md).
+PRESETS: dict[str, dict] = {
+    "small": dict(
+        placement="none", num_layers=2, hidden_size=200, emb_size=200, batch_size=20, bptt=20,
+        lr=1.0, lr_decay=2.0, decay_after=4, epochs=13, clip=5.0, init_scale=0.1,
+    ),
+    "medium": dict(
+        placement="zaremba:p=0.5", num_layers=2, hidden_size=650, emb_size=650, batch_size=20, bptt=35,
+        lr=1.0, lr_decay=1.2, decay_after=6, epochs=39, clip=5.0, init_scale=0.05,
+    ),
+    "large": dict(
+        placement="zaremba:p=0.65", num_layers=2, hidden_size=1500, emb_size=1500, batch_size=20, bptt=35,
+        lr=1.0, lr_decay=1.15, decay_after=14, epochs=55, clip=10.0, init_scale=0.04,
+    ),
+    # Seconds on a CPU: for tests and smoke runs.
+    "tiny": dict(
+        placement="zaremba", num_layers=2, hidden_size=32, emb_size=32, batch_size=8, bptt=20,
+        lr=1.0, lr_decay=2.0, decay_after=2, epochs=3, clip=5.0, init_scale=0.1,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> RunConfig:
+    """A RunConfig from a named preset, with fields overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(RunConfig)}
+    if unknown:
+        raise ValueError(f"unknown RunConfig fields {sorted(unknown)}")
+    return RunConfig(**{**PRESETS[name], **overrides})
+
+
+@dataclass
+class RunResult:
+    """What a finished (or diverged) run reports."""
+
+    config: RunConfig
+    status: str  # "finished" or "diverged"
+    epochs: list[dict] = field(default_factory=list)
+    valid_ppl: float = math.nan
+    test_ppl: float = math.nan
+    seconds: float = 0.0
+    run_dir: str | None = None
+    model: LanguageModel | None = None
+
+    def to_json(self) -> dict:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "config")}
+        d["config"] = dataclasses.asdict(self.config)
+        d["run_id"] = self.config.run_id()
+        return d
+
+
+# --- evaluation -----------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: LanguageModel, data: torch.Tensor, bptt: int) -> float:
+    """Mean NLL (nats/token) over batchified ``data`` with carried state and no dropout."""
+    was_training = model.training
+    model.eval()
+    state = model.init_state(data.shape[1])
+    total, count = 0.0, 0
+    for x, y in bptt_windows(data, bptt):
+        logits, state = model(x, state)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+# --- checkpoints ----------------------------------------------------------
+
+
+def _rng_states(mask_gen: torch.Generator) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "mask_generator": mask_gen.get_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def _set_rng_states(states: dict, mask_gen: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    mask_gen.set_state(states["mask_generator"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def _save_checkpoint(path: Path, model, mask_gen, epoch: int, epochs: list[dict], config: RunConfig) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "config": dataclasses.asdict(config),
+            "epoch": epoch,
+            "epochs": epochs,
+            "model": model.state_dict(),
+            "rng": _rng_states(mask_gen),
+        },
+        buf,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# --- training -------------------------------------------------------------
+
+
+def _setup(config: RunConfig, corpus: Corpus):
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} requested but CUDA is not available; use --device cpu")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    model = LanguageModel(config.model_config(len(corpus.vocab))).to(device=device, dtype=DTYPES[config.dtype])
+    mask_gen = torch.Generator(device=device)
+    mask_gen.manual_seed(config.seed + 1)
+    return model, mask_gen, device
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    corpus: Corpus | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> RunResult:
+    """Train (or resume) one run; returns its result with the trained model.
+
+    ``run_dir``: where config, metrics and checkpoint live; a run found there
+    with the same configuration resumes after its last finished epoch.
+    ``stop_after_epoch`` ends the call early (as an interruption would), for
+    tests of resumption.
+    """
+    if corpus is None:
+        corpus = load_corpus(config.corpus, data_dir, split=config.split)
+    model, mask_gen, device = _setup(config, corpus)
+    train_data = batchify(corpus.train, config.batch_size).to(device)
+    valid_data = batchify(corpus.valid, config.batch_size).to(device)
+    test_data = batchify(corpus.test, config.batch_size).to(device)
+
+    run_path = Path(run_dir) if run_dir is not None else None
+    epochs: list[dict] = []
+    start_epoch = 1
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+        ckpt_path = run_path / "checkpoint.pt"
+        _check_same_config(run_path, config)
+        atomic_write_json(run_path / "config.json", dataclasses.asdict(config) | {"run_id": config.run_id()})
+        if ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            _set_rng_states(ckpt["rng"], mask_gen)
+            epochs = ckpt["epochs"]
+            start_epoch = ckpt["epoch"] + 1
+
+    status = "finished"
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs + 1):
+        if stop_after_epoch is not None and epoch > stop_after_epoch:
+            return RunResult(config, "interrupted", epochs, run_dir=str(run_path) if run_path else None, model=model)
+        lr = config.lr_at(epoch)
+        t0 = time.perf_counter()
+        train_nll = _train_epoch(model, train_data, config, lr, mask_gen, progress, epoch)
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(train_nll):
+            status = "diverged"
+            epochs.append({"epoch": epoch, "lr": lr, "train_ppl": math.inf, "valid_ppl": math.nan, "seconds": seconds})
+            break
+        valid_nll = evaluate(model, valid_data, config.bptt)
+        epochs.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_ppl": math.exp(train_nll),
+                "valid_ppl": _ppl(valid_nll),
+                "seconds": seconds,
+                "words_per_sec": train_data.numel() / seconds,
+            }
+        )
+        if run_path is not None:
+            _save_checkpoint(run_path / "checkpoint.pt", model, mask_gen, epoch, epochs, config)
+            atomic_write_json(run_path / "metrics.json", epochs)
+
+    result = RunResult(config, status, epochs, run_dir=str(run_path) if run_path else None, model=model)
+    result.seconds = sum(e["seconds"] for e in epochs)
+    if status == "finished":
+        result.valid_ppl = epochs[-1]["valid_ppl"] if epochs else _ppl(evaluate(model, valid_data, config.bptt))
+        result.test_ppl = _ppl(evaluate(model, test_data, config.bptt))
+    if run_path is not None:
+        atomic_write_json(run_path / "result.json", result.to_json() | {"wall_seconds": time.perf_counter() - t_start})
+    return result
+
+
+def _ppl(nll: float) -> float:
+    return math.exp(nll) if nll < 700 else math.inf
+
+
+def _check_same_config(run_path: Path, config: RunConfig) -> None:
+    """A folder holding another configuration's run is never reused."""
+    existing = run_path / "config.json"
+    if not existing.exists():
+        return
+    saved = json.loads(existing.read_text())
+    saved.pop("run_id", None)
+    if saved != json.loads(json.dumps(dataclasses.asdict(config))):
+        raise ValueError(
+            f"run folder {run_path} holds a run of a different configuration; "
+            "use a fresh folder (run folders are keyed by RunConfig.run_id())"
+        )
+
+
+def _train_epoch(model, data, config: RunConfig, lr: float, mask_gen, progress: bool, epoch: int) -> float:
+    """One pass over the training stream; returns the mean NLL (nan or inf if it diverged)."""
+    model.train()
+    state = model.init_state(data.shape[1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, count = 0.0, 0
+    n_windows = math.ceil((data.shape[0] - 1) / config.bptt)
+    bar = tqdm(
+        bptt_windows(data, config.bptt), total=n_windows, disable=not progress,
+        desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, file=sys.stderr,
+    )
+    for x, y in bar:
+        state = detach_state(state)
+        logits, state = model(x, state, generator=mask_gen)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        if not torch.isfinite(loss):
+            return math.nan
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.clip)
+        with torch.no_grad():
+            for p in params:
+                p.add_(p.grad, alpha=-lr)
+        total += loss.item() * y.numel()
+        count += y.numel()
+        if progress:
+            bar.set_postfix(ppl=f"{math.exp(min(total / count, 700)):.1f}", refresh=False)
+    return total / count
+
+
+# --- command line ---------------------------------------------------------
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("DROPOUT_PROBE_RUNS", "runs"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m probe.train",
+        description="Train one LSTM language model under a dropout placement (Zaremba et al.'s protocol).",
+    )
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="starting configuration: Zaremba's small/medium/large, or tiny for tests (default tiny)")
+    p.add_argument("--corpus", help="synthetic (default), ptb, ptb-char, wikitext-2, tinyshakespeare, "
+                   "or a synthetic spec such as synthetic:lags=5+20,cue=0.2")
+    p.add_argument("--split", choices=["canonical", "substitute"],
+                   help="'substitute' uses a corpus's valid file as training text where the train file is absent")
+    p.add_argument("--placement", help="placement spec, e.g. variational:p=0.5,rec=0.3 (see probe.placements)")
+    help_text = {
+        "num_layers": "LSTM layers", "hidden_size": "units per layer", "emb_size": "embedding size",
+        "batch_size": "parallel streams", "bptt": "BPTT window length", "lr": "initial SGD learning rate",
+        "lr_decay": "divide the learning rate by this every epoch after --decay-after",
+        "decay_after": "epochs at the initial learning rate", "epochs": "training epochs",
+        "clip": "max gradient norm", "init_scale": "uniform(-s, s) initialisation", "seed": "random seed",
+        "device": "cpu or cuda", "dtype": "float32, float64 or bfloat16",
+        "backend": "recurrence backend: auto, reference or triton",
+    }
+    for f in dataclasses.fields(RunConfig):
+        if f.name in ("corpus", "split", "placement", "tie_weights"):
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), help=help_text.get(f.name))
+    p.add_argument("--tie-weights", action="store_true", default=None, help="share embedding and decoder weights")
+    p.add_argument("--data-dir", help="corpora folder (else $DROPOUT_PROBE_DATA, else the user cache)")
+    p.add_argument("--download", action="store_true", help="download missing corpus files (checksummed)")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="where run folders go (default $DROPOUT_PROBE_RUNS or ./runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    return preset(args.preset, **overrides)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        corpus = load_corpus(config.corpus, args.data_dir, split=config.split, download=args.download)
+    except ValueError as e:  # CorpusError and PlacementError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_dir = (args.runs_dir or default_runs_dir()) / config.run_id()
+    print(f"run {config.run_id()} -> {run_dir}\ncorpus: {corpus.label}: {corpus.split_note}", file=sys.stderr)
+    result = train(config, run_dir, corpus=corpus, progress=not args.no_progress)
+    for e in result.epochs:
+        print(f"epoch {e['epoch']:3d}  lr {e['lr']:.4g}  train ppl {e['train_ppl']:.2f}  valid ppl {e['valid_ppl']:.2f}")
+    print(f"{result.status}: valid ppl {result.valid_ppl:.2f}, test ppl {result.test_ppl:.2f}, run folder {run_dir}")
+    return 0 if result.status == "finished" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Side-by-side CPU timing of the masked LSTM layer against ``torch.nn.LSTM``.
+
+    python -m studies.cpu_speed [--rounds 30] [--shapes 35x20x650 20x20x200]
+
+Both run in one process on the same inputs, interleaved round by round so
+that drift in machine load hits both alike; the reported figure is the
+median over rounds and the ratio is taken between medians. "layer" is what a
+model trains: the input projection (``kernels.linear``) plus the masked
+recurrence with variational masks (one recurrent mask per sequence), forward
+and backward; "recurrence" leaves the input projection out. ``torch.nn.LSTM``
+runs without masks (oneDNN on CPU), as it cannot apply them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from kernels import linear, lstm_layer
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        T, B, H = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be TxBxH, e.g. 35x20x650; got {text!r}")
+    return T, B, H
+
+
+def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
+    """Median milliseconds for one forward+backward of each implementation."""
+    g = torch.Generator().manual_seed(0)
+    lstm = torch.nn.LSTM(H, H)
+    x = torch.randn(T, B, H, generator=g, requires_grad=True)
+    grad_out = torch.randn(T, B, H, generator=g)
+    w_ih = lstm.weight_ih_l0.detach().clone().requires_grad_()
+    w_hh = lstm.weight_hh_l0.detach().clone().requires_grad_()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().clone().requires_grad_()
+    h0 = c0 = torch.zeros(B, H)
+    rec = (torch.rand(B, H, generator=g) > p).float() / (1 - p)
+    gx_leaf = linear(x, w_ih, bias).detach().requires_grad_()
+
+    def nn_lstm():
+        lstm(x)[0].backward(grad_out)
+
+    def layer():
+        gx = linear(x, w_ih, bias)
+        lstm_layer(gx, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)
+
+    def recurrence():
+        lstm_layer(gx_leaf, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)
+
+    runs = {"torch.nn.LSTM": nn_lstm, "layer": layer, "recurrence": recurrence}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(3):
+        for f in runs.values():
+            f()
+    for _ in range(rounds):
+        for name, f in runs.items():
+            start = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=30, help="timed rounds per implementation (default 30)")
+    parser.add_argument(
+        "--shapes", type=_shape, nargs="+", default=[(35, 20, 650), (20, 20, 200)],
+        help="shapes as TxBxH (default: 35x20x650 20x20x200, Zaremba medium and small)",
+    )
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
+    print("| T x B x H | torch.nn.LSTM ms | layer ms | layer ratio | recurrence ms | recurrence ratio |")
+    print("|---|---|---|---|---|---|")
+    for T, B, H in args.shapes:
+        m = measure(T, B, H, args.rounds)
+        ref = m["torch.nn.LSTM"]
+        print(
+            f"| {T} x {B} x {H} | {ref:.2f} | {m['layer']:.2f} | {m['layer'] / ref:.2f}x "
+            f"| {m['recurrence']:.2f} | {m['recurrence'] / ref:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
