@@ -62,6 +62,8 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "float32"
     backend: str = "auto"
+    # Train on only the first N training tokens (None: all); studies use it to fit a CPU budget.
+    train_tokens: int | None = None
 
     def __post_init__(self):
         positive = ("num_layers", "hidden_size", "emb_size", "batch_size", "bptt", "epochs")
@@ -71,6 +73,8 @@ class RunConfig:
         for name in ("lr", "lr_decay", "clip", "init_scale"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
+        if self.train_tokens is not None and self.train_tokens < 2 * self.batch_size:
+            raise ValueError(f"train_tokens must be at least 2 * batch_size; got {self.train_tokens}")
         if self.decay_after < 0:
             raise ValueError(f"decay_after must be >= 0; got {self.decay_after}")
         if self.dtype not in DTYPES:
@@ -262,7 +266,8 @@ def train(
     if corpus is None:
         corpus = load_corpus(config.corpus, data_dir, split=config.split)
     model, mask_gen, device = _setup(config, corpus)
-    train_data = batchify(corpus.train, config.batch_size).to(device)
+    train_ids = corpus.train if config.train_tokens is None else corpus.train[: config.train_tokens]
+    train_data = batchify(train_ids, config.batch_size).to(device)
     valid_data = batchify(corpus.valid, config.batch_size).to(device)
     test_data = batchify(corpus.test, config.batch_size).to(device)
 
@@ -290,7 +295,8 @@ def train(
         t0 = time.perf_counter()
         train_nll = _train_epoch(model, train_data, config, lr, mask_gen, progress, epoch)
         seconds = time.perf_counter() - t0
-        if not math.isfinite(train_nll):
+        # NaN/inf, or a loss so large its perplexity overflows (math.exp would raise).
+        if not math.isfinite(_ppl(train_nll)):
             status = "diverged"
             epochs.append({"epoch": epoch, "lr": lr, "train_ppl": math.inf, "valid_ppl": math.nan, "seconds": seconds})
             break
@@ -394,11 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
         "clip": "max gradient norm", "init_scale": "uniform(-s, s) initialisation", "seed": "random seed",
         "device": "cpu or cuda", "dtype": "float32, float64 or bfloat16",
         "backend": "recurrence backend: auto, reference or triton",
+        "train_tokens": "train on only the first N training tokens",
     }
     for f in dataclasses.fields(RunConfig):
         if f.name in ("corpus", "split", "placement", "tie_weights"):
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), help=help_text.get(f.name))
+        kind = int if f.name == "train_tokens" else type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, help=help_text.get(f.name))
     p.add_argument("--tie-weights", action="store_true", default=None, help="share embedding and decoder weights")
     p.add_argument("--data-dir", help="corpora folder (else $DROPOUT_PROBE_DATA, else the user cache)")
     p.add_argument("--download", action="store_true", help="download missing corpus files (checksummed)")

@@ -15,6 +15,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Test models are tiny: one intra-op thread is faster than two, and it keeps
+# timings sane when other processes share the cores (OpenMP threads that spin
+# at barriers while descheduled slow small ops down tenfold).
+torch.set_num_threads(int(os.environ.get("DROPOUT_PROBE_TEST_THREADS", "1")))
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
