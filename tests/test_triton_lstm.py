@@ -1,0 +1,341 @@
+"""The Triton LSTM computes the reference recurrence: forward outputs and all four gradients.
+
+On a machine without a GPU, conftest.py sets TRITON_INTERPRET=1, so the
+kernels run on the CPU through the Triton interpreter: slow, hence the
+small shapes and the bounded number of hypothesis examples. Every buffer a
+kernel should write starts full of NaN (``POISON_OUTPUTS``), so an element
+no program writes fails the comparison. Tests marked ``gpu`` run only on a
+CUDA machine (the compiled kernels, bfloat16, tf32, a multi-program
+persistent grid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import MASK_NAMES, RecurrentMasks, lstm_layer
+from kernels.reference import lstm_layer_loop
+
+triton_lstm = pytest.importorskip("kernels.triton_lstm", reason="triton is not installed")
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (compiled kernels)")
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+# Large GPU shapes: other summation orders than cuBLAS's over K = 650 and T*B = 240.
+GPU_TOL = dict(rtol=1e-3, atol=1e-4)
+ZONEOUT = ("zoneout_h", "zoneout_c")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def poison_outputs():
+    """Kernel outputs start as NaN: an element the kernels never write fails every test."""
+    triton_lstm.POISON_OUTPUTS = True
+    yield
+    triton_lstm.POISON_OUTPUTS = False
+
+
+def make_inputs(T, B, H, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scale = H**-0.5  # keeps the gates away from saturation, so gradients are not all ~0
+
+    def rand(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype).to(DEVICE).requires_grad_()
+
+    return rand(T, B, 4 * H), rand(B, H), rand(B, H), rand(4 * H, H, s=2 * scale)
+
+
+def make_mask(name, scope, T, B, H, dtype=torch.float32, seed=1, rate=0.4):
+    """A dropout mask (0 or 1/(1-p)) or a zoneout mask (1 keeps the previous value)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, H) if scope == "sequence" else (T, B, H)
+    hit = (torch.rand(shape, generator=g, dtype=torch.float64) < rate).double()
+    m = hit if name in ZONEOUT else (1 - hit) / (1 - rate)
+    return m.to(dtype).to(DEVICE)
+
+
+def make_masks(scopes: dict, T, B, H, dtype=torch.float32, seed=1) -> RecurrentMasks:
+    return RecurrentMasks(
+        **{
+            name: None if scopes.get(name) is None else make_mask(name, scopes[name], T, B, H, dtype, seed + k)
+            for k, name in enumerate(MASK_NAMES)
+        }
+    )
+
+
+def lowered(tensors, dtype):
+    """Detached copies in ``dtype`` (None stays None): inputs for a reduced-precision run."""
+    return [None if x is None else x.detach().to(dtype) for x in tensors]
+
+
+def run_both(gx, h0, c0, w, masks, seed=2, **triton_kwargs):
+    """Outputs and gradients (of a random linear function of all three outputs) of both."""
+    g = torch.Generator().manual_seed(seed)
+    results = []
+    for fn in (lambda: triton_lstm.lstm_layer_triton(gx, h0, c0, w, masks, **triton_kwargs),
+               lambda: lstm_layer_loop(gx, h0, c0, w, masks)):  # fmt: skip
+        hs, (h_T, c_T) = fn()
+        outs = (hs, h_T, c_T)
+        if not results:
+            upstream = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o) for o in outs]
+        grads = torch.autograd.grad(outs, (gx, h0, c0, w), upstream)
+        results.append([o.detach() for o in outs] + list(grads))
+    return results
+
+
+def assert_agree(gx, h0, c0, w, masks, tol=None, **triton_kwargs):
+    got, want = run_both(gx, h0, c0, w, masks, **triton_kwargs)
+    names = ("hs", "h_T", "c_T", "d_gx", "d_h0", "d_c0", "d_w_hh")
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape, name
+        assert not torch.isnan(a).any(), f"{name}: element never written (NaN poison survives)"
+        torch.testing.assert_close(a, b, **(tol or TOL[a.dtype]), msg=lambda m: f"{name}: {m}")
+
+
+# --- every mask kind and scope --------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["sequence", "step"])
+@pytest.mark.parametrize("name", MASK_NAMES)
+def test_each_mask_alone_matches_the_spec(name, scope):
+    T, B, H = 3, 2, 20
+    assert_agree(*make_inputs(T, B, H), make_masks({name: scope}, T, B, H))
+
+
+def test_no_masks_matches_the_spec():
+    assert_agree(*make_inputs(4, 3, 24), RecurrentMasks())
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
+def test_all_masks_together_match_the_spec(persistent):
+    T, B, H = 4, 3, 37
+    scopes = dict(recurrent="sequence", cell_update="step", cell="sequence", zoneout_h="step", zoneout_c="sequence")
+    assert_agree(*make_inputs(T, B, H), make_masks(scopes, T, B, H), persistent=persistent)
+
+
+def test_zoneout_at_evaluation_uses_fractional_keep_probabilities():
+    T, B, H = 3, 2, 18
+    full = lambda v: torch.full((B, H), v, device=DEVICE)  # noqa: E731
+    assert_agree(*make_inputs(T, B, H), RecurrentMasks(zoneout_h=full(0.05), zoneout_c=full(0.25)))
+
+
+@pytest.mark.parametrize("T,B,H", [(1, 1, 1), (1, 1, 17), (2, 1, 16), (5, 4, 1)])
+def test_degenerate_shapes(T, B, H):
+    scopes = dict(recurrent="step", zoneout_h="sequence", zoneout_c="step")
+    assert_agree(*make_inputs(T, B, H), make_masks(scopes, T, B, H))
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
+def test_several_row_and_unit_tiles(persistent):
+    """B=20 with 16-row tiles and H=40 with 16-unit tiles: 2 x 3 tiles, ragged at both edges."""
+    T, B, H = 3, 20, 40
+    cfg = triton_lstm.launch_config(B, H, torch.float32, DEVICE, persistent=persistent)
+    cfg = dataclasses.replace(cfg, block_b=16, block_h=16, block_k=16)
+    scopes = dict(recurrent="step", cell="step", zoneout_c="sequence")
+    assert_agree(*make_inputs(T, B, H), make_masks(scopes, T, B, H), config=cfg)
+
+
+def test_float64_matches_the_spec():
+    T, B, H = 3, 3, 21
+    scopes = dict(recurrent="sequence", cell_update="step", cell="step", zoneout_h="step", zoneout_c="step")
+    dt = torch.float64
+    assert_agree(*make_inputs(T, B, H, dt), make_masks(scopes, T, B, H, dt))
+
+
+def test_float16_storage_stays_close_to_float32():
+    T, B, H = 3, 2, 20
+    gx, h0, c0, w = make_inputs(T, B, H)
+    masks = make_masks(dict(recurrent="step", zoneout_c="step"), T, B, H)
+    half_masks = RecurrentMasks(*lowered(masks, torch.half))
+    hs, _ = triton_lstm.lstm_layer_triton(*lowered((gx, h0, c0, w), torch.half), half_masks)
+    want, _ = lstm_layer_loop(gx, h0, c0, w, masks)
+    torch.testing.assert_close(hs.float(), want.detach(), rtol=1e-2, atol=1e-2)
+
+
+# --- random shapes and mask combinations ------------------------------------
+
+scope_st = st.sampled_from([None, "sequence", "step"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 6),
+    B=st.integers(1, 5),
+    H=st.integers(1, 40),
+    scopes=st.fixed_dictionaries({name: scope_st for name in MASK_NAMES}),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    persistent=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_and_masks_match_the_spec(T, B, H, scopes, dtype, persistent, seed):
+    masks = make_masks(scopes, T, B, H, dtype, seed + 1)
+    assert_agree(*make_inputs(T, B, H, dtype, seed), masks, persistent=persistent)
+
+
+# --- autograd plumbing --------------------------------------------------------
+
+
+def test_gradients_reach_only_the_inputs_that_need_them():
+    T, B, H = 3, 2, 20
+    gx, h0, c0, w = make_inputs(T, B, H)
+    w = w.detach()
+    masks = make_masks(dict(recurrent="sequence"), T, B, H)
+    hs, (h_T, c_T) = lstm_layer(gx, h0, c0, w, **masks._asdict(), backend="triton")
+    (hs.sum() + h_T.square().sum() + c_T.sum()).backward()  # expanded (stride-0) upstream gradients
+    ref_inputs = [x.detach().requires_grad_() for x in (gx, h0, c0)]
+    rs, (rh, rc) = lstm_layer_loop(*ref_inputs, w, masks)
+    (rs.sum() + rh.square().sum() + rc.sum()).backward()
+    for x, r in zip((gx, h0, c0), ref_inputs):
+        torch.testing.assert_close(x.grad, r.grad, **TOL[torch.float32])
+
+
+def test_forward_without_grad_saves_nothing_and_agrees():
+    T, B, H = 3, 2, 20
+    inputs = [x.detach() for x in make_inputs(T, B, H)]
+    masks = make_masks(dict(cell="step", zoneout_h="step"), T, B, H)
+    with torch.no_grad():
+        hs, (h_T, c_T) = triton_lstm.lstm_layer_triton(*inputs, masks)
+        rs, (rh, rc) = lstm_layer_loop(*inputs, masks)
+    assert not hs.requires_grad
+    for a, b in ((hs, rs), (h_T, rh), (c_T, rc)):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+# --- dispatch and errors --------------------------------------------------------
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the CPU choice")
+def test_auto_backend_picks_the_reference_on_cpu(monkeypatch):
+    called = []
+    monkeypatch.setattr(triton_lstm, "lstm_layer_triton", lambda *a, **k: called.append("triton"))
+    real = kernels.layer.lstm_layer_reference
+    monkeypatch.setattr(kernels.layer, "lstm_layer_reference", lambda *a: called.append("reference") or real(*a))
+    lstm_layer(*[x.detach() for x in make_inputs(2, 2, 8)], backend="auto")
+    assert called == ["reference"]
+
+
+def test_backend_triton_dispatches_to_the_kernels(monkeypatch):
+    called = []
+    real = triton_lstm.lstm_layer_triton
+    monkeypatch.setattr(triton_lstm, "lstm_layer_triton", lambda *a, **k: called.append(1) or real(*a, **k))
+    lstm_layer(*[x.detach() for x in make_inputs(2, 2, 8)], backend="triton")
+    assert called == [1]
+
+
+@pytest.mark.skipif(ON_GPU, reason="interpreter-only limitation")
+def test_bfloat16_under_the_interpreter_is_a_clear_error():
+    inputs = [x.detach().bfloat16() for x in make_inputs(2, 2, 8)]
+    with pytest.raises(ValueError, match="bfloat16"):
+        lstm_layer(*inputs, backend="triton")
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks CPU tensors")
+def test_cpu_tensors_without_the_interpreter_are_a_clear_error(monkeypatch):
+    monkeypatch.setattr(triton_lstm, "interpreted", lambda: False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        lstm_layer(*[x.detach() for x in make_inputs(2, 2, 8)], backend="triton")
+
+
+def test_unsupported_device_and_precision_are_clear_errors():
+    meta = [torch.empty(s, device="meta") for s in ((2, 2, 32), (2, 8), (2, 8), (32, 8))]
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        lstm_layer(*meta, backend="triton")
+    with pytest.raises(ValueError, match="precision"):
+        triton_lstm.lstm_layer_triton(*[x.detach() for x in make_inputs(2, 2, 8)], precision="fast")
+
+
+def test_persistent_launch_uses_one_program_under_the_interpreter():
+    if ON_GPU:
+        pytest.skip("the GPU grid is one program per SM")
+    cfg = triton_lstm.launch_config(20, 650, torch.float32, DEVICE, persistent=True)
+    assert triton_lstm._n_programs(20, 650, cfg, DEVICE) == 1
+
+
+# --- the compiled path ---------------------------------------------------------
+
+COMPILE_SCRIPT = textwrap.dedent(
+    """
+    import torch, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from kernels.triton_fw import lstm_fw_kernel
+    from kernels.triton_bw import lstm_bw_kernel
+    from kernels.triton_lstm import kernel_constexprs, launch_config
+
+    PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
+    for dtype, persistent, has in ((torch.float32, False, True), (torch.float32, True, False),
+                                   (torch.bfloat16, True, True), (torch.float64, False, True)):
+        cfg = launch_config(20, 650, dtype, torch.device("cuda"), persistent=persistent, precision="tf32")
+        consts = kernel_constexprs(cfg, dtype)
+        options = dict(num_warps=consts.pop("num_warps"), num_stages=consts.pop("num_stages"))
+        consts.update(HAS_REC=has, HAS_CU=has, HAS_CELL=has, HAS_ZH=has, HAS_ZC=has)
+        for kernel in (lstm_fw_kernel, lstm_bw_kernel):
+            c = dict(consts, SAVE=True) if kernel is lstm_fw_kernel else consts
+            sig = {n: "constexpr" if n in c else "*i32" if n == "count_ptr" else PTR[dtype] if n.endswith("_ptr")
+                   else "i32" for n in kernel.arg_names}
+            triton.compile(ASTSource(kernel, sig, c), target=GPUTarget("cuda", 90, 32), options=options)
+    print("compiled")
+    """
+)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU tests run the compiled kernels themselves")
+def test_kernels_compile_for_sm90_without_a_gpu():
+    """The interpreter never compiles; this catches code that only the compiler rejects."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr:
+        pytest.skip("no ptxas to compile with")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+# --- GPU only -----------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
+def test_large_shapes_match_the_reference_on_gpu(persistent):
+    """Zaremba-medium sized: many tiles, and a persistent grid of many programs (a real barrier)."""
+    T, B, H = 12, 20, 650
+    scopes = dict(recurrent="sequence", cell_update="step", zoneout_h="step", zoneout_c="step")
+    masks = make_masks(scopes, T, B, H)
+    assert_agree(*make_inputs(T, B, H), masks, tol=GPU_TOL, persistent=persistent, precision="ieee")
+
+
+@gpu
+@pytest.mark.parametrize("B", [1, 100, 256])
+def test_batch_sizes_up_to_256_on_gpu(B):
+    T, H = 4, 100
+    masks = make_masks(dict(recurrent="step", cell="sequence"), T, B, H)
+    assert_agree(*make_inputs(T, B, H), masks, tol=GPU_TOL, precision="ieee")
+
+
+@gpu
+@pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, None), (torch.float32, "tf32")])
+def test_reduced_precision_stays_close_to_float32(dtype, precision):
+    T, B, H = 8, 16, 256
+    gx, h0, c0, w = make_inputs(T, B, H)
+    masks = make_masks(dict(recurrent="sequence", zoneout_c="step"), T, B, H)
+    low_masks = RecurrentMasks(*lowered(masks, dtype))
+    hs, _ = triton_lstm.lstm_layer_triton(*lowered((gx, h0, c0, w), dtype), low_masks, precision=precision)
+    want, _ = lstm_layer_loop(gx, h0, c0, w, masks)
+    torch.testing.assert_close(hs.float(), want.detach(), rtol=3e-2, atol=3e-2)
+
+
+@gpu
+def test_auto_backend_picks_triton_on_gpu(monkeypatch):
+    called = []
+    real = triton_lstm.lstm_layer_triton
+    monkeypatch.setattr(triton_lstm, "lstm_layer_triton", lambda *a, **k: called.append(1) or real(*a, **k))
+    lstm_layer(*[x.detach() for x in make_inputs(2, 2, 8)], backend="auto")
+    assert called == [1]
