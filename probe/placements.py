@@ -213,13 +213,13 @@ def parse_placement(spec: str | Placement) -> Placement:
     params: dict[str, float | str] = dict(d.defaults)
     if d.scope_choice:
         params["scope"] = _default_scope(d).value
+    valid = ", ".join(d.keys) or "none (this placement takes no parameters)"
     for item in filter(None, (s.strip() for s in rest.split(","))) if rest else ():
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not eq or not key or not value:
-            raise PlacementError(f"bad item {item!r} in placement spec {spec!r}; expected key=value")
+            raise PlacementError(f"bad item {item!r} in placement spec {spec!r}; expected key=value; valid keys: {valid}")
         if key not in d.keys:
-            valid = ", ".join(d.keys) or "none (this placement takes no parameters)"
             raise PlacementError(f"placement {name!r} has no parameter {key!r}; valid keys: {valid}")
         if key == "scope":
             choices = (Scope.STEP.value, Scope.SEQUENCE.value)
