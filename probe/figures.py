@@ -1,0 +1,472 @@
+"""Figures for reports: functions from a tidy table to inline SVG strings.
+
+Every figure draws one line per placement with a t-interval band across
+seeds (``stats.estimate``), drawn with ``fill_between`` because seaborn 0.13
+cannot draw intervals computed elsewhere (REFERENCES.md). Each placement
+keeps one colour and marker in every figure, taken from the registry order
+in a colour-blind-safe palette (Okabe & Ito), so a reader learns the key once.
+
+SVG output is reproducible: no date in the metadata, a distinct
+``svg.hashsalt`` per figure, and every ``id`` prefixed with the figure's key
+so that several inline SVGs on one page never share an id.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import textwrap
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from probe import stats
+from probe.placements import PLACEMENT_NAMES
+
+# Okabe & Ito (2008) colour-blind-safe colours, ordered so that in registry order
+# none is grey, zaremba blue, naive vermillion, variational green, and so on;
+# their yellow is replaced by a dark olive that stays readable on white.
+PALETTE = ("#595959", "#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#8C7A00")
+EXTRA_COLOURS = ("#332288", "#882255", "#117733", "#AA4499", "#44AA99", "#999933", "#661100", "#6699CC")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+DASHES = ("-", "--", "-.", ":")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A report figure: inline SVG, or a note saying why it is absent."""
+
+    key: str  # unique on the page; prefixes the SVG's ids
+    title: str
+    caption: str  # also the SVG's accessible name
+    svg: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Style:
+    colour: str
+    marker: str
+    dashes: str
+
+
+def base_name(label: str) -> str:
+    """The registry name of a placement label (``variational:p=0.5`` -> ``variational``)."""
+    return str(label).split(":", 1)[0]
+
+
+def placement_styles(labels) -> dict[str, Style]:
+    """One fixed colour and marker per placement label, from the registry order.
+
+    Labels sharing a registry name (two rate settings of one placement) share
+    its colour and differ in line style; unknown names take extra colours in
+    sorted order, so the mapping depends only on the set of labels.
+    """
+    rank = {n: i for i, n in enumerate(PLACEMENT_NAMES)}
+    labels = stats.registry_order(labels)
+    unknown = sorted({base_name(s) for s in labels if base_name(s) not in rank})
+    seen: dict[str, int] = {}
+    out = {}
+    for label in labels:
+        name = base_name(label)
+        i = rank[name] if name in rank else len(PALETTE) + unknown.index(name)
+        colour = PALETTE[i] if i < len(PALETTE) else EXTRA_COLOURS[(i - len(PALETTE)) % len(EXTRA_COLOURS)]
+        variant = seen.get(name, 0)
+        seen[name] = variant + 1
+        out[label] = Style(colour, MARKERS[i % len(MARKERS)], DASHES[variant % len(DASHES)])
+    return out
+
+
+ordered_placements = stats.registry_order
+
+
+# --- SVG output ---------------------------------------------------------------
+
+_RC = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("notebook", font_scale=0.85),
+    "axes.edgecolor": "#bbbbbb",
+    "grid.color": "#e6e6e6",
+    "axes.titleweight": "bold",
+    "axes.titlesize": 11,
+    "legend.frameon": False,
+    "svg.fonttype": "path",  # glyphs as paths: the figure looks the same in every browser
+}
+
+
+def figure_style():
+    """A context in which matplotlib draws in the report style (use around drawing calls)."""
+    return matplotlib.rc_context(_RC)
+
+
+def plain_numbers(axis) -> None:
+    """Tick labels as plain numbers (1, 2, 5, 10, 100) rather than powers of ten on a log axis."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    axis.set_tick_params(which="both", length=0)  # major and minor labels on one baseline
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None, height: float = 3.6,
+               sharey: bool = False):
+    """A matplotlib Figure (no pyplot state) with the report style; returns (fig, axes array)."""
+    with matplotlib.rc_context(_RC):
+        fig = MplFigure(figsize=(width or min(11.0, 1.5 + 4.6 * ncols), height * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
+    return fig, axes
+
+
+def to_svg(fig: MplFigure, key: str, alt: str) -> str:
+    """Serialise ``fig`` as an inline-ready SVG element with a title and an accessible name."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": f"dropout-probe-{key}"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return inline_svg(buf.getvalue(), key, alt)
+
+
+def inline_svg(svg: str, key: str, alt: str) -> str:
+    """Make a standalone SVG document fit for inlining in HTML.
+
+    Drops the XML prolog, doctype, metadata and comments; prefixes every id
+    (and every reference to one) with ``key``; adds ``role="img"``, an
+    ``aria-label`` and a ``<title>``. ``alt`` is escaped here because the
+    template inserts the SVG verbatim.
+    """
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "-", key) + "-"
+    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', svg)
+    svg = re.sub(r'(href=")#([^"]+)"', lambda m: f'{m.group(1)}#{prefix}{m.group(2)}"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m.group(1)})", svg)
+    label = html.escape(alt, quote=True)
+    svg = re.sub(r"<svg\b", f'<svg role="img" aria-label="{label}"', svg, count=1)
+    head_end = svg.index(">") + 1
+    return svg[:head_end] + f"<title>{label}</title>" + svg[head_end:].strip() + "\n"
+
+
+# --- curves -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axes of a curve figure: a measure, with optional control measures drawn faintly."""
+
+    measure: str
+    title: str = ""
+    controls: tuple[str, ...] = ()  # per-placement controls, dashed in the placement's colour
+    baselines: tuple[str, ...] = ()  # model-independent baselines, one black dotted line
+
+
+@dataclass(frozen=True)
+class CurveSpec:
+    key: str
+    title: str
+    caption: str
+    panels: tuple[Panel, ...]
+    xlabel: str
+    ylabel: str
+    log_x: bool = False
+    log_y: bool = False
+    sharey: bool = False  # panels on one y scale, for comparisons across panels
+    required: bool = True  # a missing required figure leaves a note in the report
+
+
+_BANDS = "Bands: 95% t-intervals across seeds."
+# Measure names: both those of the issue ("influence_kl_eval", "grad_norm") and those of probe.measure
+# ("influence_kl" with mode eval/train, "gradient_norm"); panels whose measure is absent are left out.
+CURVES: tuple[CurveSpec, ...] = (
+    CurveSpec(
+        "influence", "Influence of a past token on the prediction",
+        "Counterfactual influence: KL divergence (nats) between the predictions at t when the token at t−k is "
+        "replaced, by lag k; with the network in evaluation mode, and with the placement's training masks "
+        "active (the same masks for both copies). " + _BANDS,
+        (Panel("influence_kl"), Panel("influence_kl_eval", "Evaluation mode"),
+         Panel("influence_kl_train", "Training masks active")),
+        "lag k (tokens)", "KL divergence (nats)", log_y=True, sharey=True,
+    ),
+    CurveSpec(
+        "hidden_distance", "Distance moved by the hidden state",
+        "How far h_t moves (L2 norm) when the token at t−k is replaced, by lag k. " + _BANDS,
+        (Panel("influence_hidden"), Panel("hidden_distance_eval", "Evaluation mode"),
+         Panel("hidden_distance_train", "Training masks active")),
+        "lag k (tokens)", "‖Δh_t‖ (L2)", log_y=True, sharey=True, required=False,
+    ),
+    CurveSpec(
+        "probe", "Information about a past token that a linear probe recovers",
+        "Lower bound on the mutual information between x_{t−k} and h_t (bits): entropy of the token's class "
+        "minus the held-out cross-entropy of a linear probe. Dashed: the same probe on the untrained network; "
+        "dotted black: the frequency baseline. " + _BANDS,
+        (Panel("probe_bits", controls=("probe_bits_untrained",), baselines=("frequency_bits", "probe_bits_baseline")),),
+        "lag k (tokens)", "information (bits)", sharey=True,
+    ),
+    CurveSpec(
+        "probe_cell", "Information about a past token in the cell state",
+        "As above, for a probe reading the cell state c_t. Dashed: the untrained network; dotted black: the "
+        "frequency baseline. " + _BANDS,
+        (Panel("probe_bits_cell", controls=("probe_bits_cell_untrained",), baselines=("probe_bits_baseline",)),),
+        "lag k (tokens)", "information (bits)", sharey=True, required=False,
+    ),
+    CurveSpec(
+        "probe_accuracy", "Probe accuracy",
+        "Accuracy of the linear probe decoding the class of x_{t−k} from h_t, by lag. Dashed: the untrained "
+        "network; dotted black: the frequency baseline. " + _BANDS,
+        (Panel("probe_accuracy", controls=("probe_accuracy_untrained",), baselines=("probe_accuracy_baseline",)),),
+        "lag k (tokens)", "accuracy", sharey=True, required=False,
+    ),
+    CurveSpec(
+        "gradient", "Gradient sensitivity",
+        "‖∂ log p(x_t) / ∂e_{t−k}‖: how strongly the log-probability of the token at t responds to the "
+        "embedding k steps back. " + _BANDS,
+        (Panel("grad_norm"), Panel("gradient_norm")), "lag k (tokens)", "gradient norm", log_y=True,
+    ),
+    CurveSpec(
+        "recall", "Recall accuracy",
+        "Accuracy at recalling a token seen k steps earlier (synthetic corpus); dotted black: chance. " + _BANDS,
+        (Panel("recall_accuracy", baselines=("recall_accuracy_chance",)),), "lag k (tokens)", "accuracy",
+        required=False,
+    ),
+    CurveSpec(
+        "context", "Perplexity against the context the model is given",
+        "Each target scored from a fresh state with only its last L tokens of context (identical targets for "
+        "every L). " + _BANDS,
+        (Panel("context_ppl"),), "context length L (tokens)", "perplexity", log_x=True,
+    ),
+    CurveSpec(
+        "position", "Perplexity by position since a state reset",
+        "Perplexity of the token at each position after the hidden state is reset. " + _BANDS,
+        (Panel("position_ppl"),), "position since reset (tokens)", "perplexity",
+    ),
+    CurveSpec(
+        "training", "Training curves",
+        "Perplexity on the training data (as seen during training, with dropout) and on validation data, per "
+        "epoch. " + _BANDS,
+        (Panel("train_ppl", "Training"), Panel("valid_ppl_epoch", "Validation"), Panel("valid_ppl", "Validation")),
+        "epoch", "perplexity", log_y=True, sharey=True,
+    ),
+)
+
+_MODE_TITLES = {"eval": "Evaluation mode", "train": "Training masks active"}
+
+
+def _panel_views(tidy: pd.DataFrame, panel: Panel) -> list[tuple[str, pd.DataFrame]]:
+    """A measure's curve rows, split into panels by layer and mode where it has several (model-level rows win)."""
+    rows = tidy[(tidy["measure"] == panel.measure) & tidy["x"].notna()]
+    if rows.empty:
+        return []
+    if "layer" in rows and (rows["layer"] == -1).any():
+        rows = rows[rows["layer"] == -1]
+    keys = [c for c in ("layer", "mode") if c in rows and rows[c].nunique() > 1]
+    if not keys:
+        return [(panel.title, rows)]
+    views = []
+    for key, group in rows.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        parts = [f"layer {v}" if k == "layer" else _MODE_TITLES.get(v, f"{v} mode") for k, v in zip(keys, key)]
+        views.append((" · ".join(filter(None, [panel.title, *parts])), group))
+    return views
+
+
+def _select_like(tidy: pd.DataFrame, measure: str, like: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a control or baseline measure on the panel's layer and mode, where it has them."""
+    rows = tidy[(tidy["measure"] == measure) & tidy["x"].notna()]
+    for column in ("layer", "mode"):
+        if not rows.empty and column in rows and like[column].nunique() == 1:
+            same = rows[rows[column] == like[column].iloc[0]]
+            rows = same if not same.empty else rows
+    return rows
+
+
+def _draw(ax, est: pd.DataFrame, style: Style | None, label: str, *, linestyle=None, alpha=1.0, band=True, lw=1.8):
+    est = est.sort_values("x")
+    x, y = est["x"].to_numpy(float), est["mean"].to_numpy(float)
+    colour = style.colour if style else "black"
+    kw = dict(marker=style.marker, markersize=4, markevery=max(1, len(x) // 12)) if style and linestyle is None else {}
+    ax.plot(x, y, color=colour, linestyle=linestyle or (style.dashes if style else ":"), lw=lw, alpha=alpha,
+            label=label, **kw)
+    if band and est["n"].max() >= 2:
+        ax.fill_between(x, est["low"].to_numpy(float), est["high"].to_numpy(float), color=colour, alpha=0.15 * alpha,
+                        linewidth=0)
+
+
+def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] | None = None) -> Figure:
+    """One figure of a CurveSpec, or a Figure with a note when none of its measures is present."""
+    views = [(panel, title, rows) for panel in spec.panels for title, rows in _panel_views(tidy, panel)]
+    if not views:
+        names = ", ".join(p.measure for p in spec.panels)
+        return Figure(spec.key, spec.title, spec.caption, None, f"Not measured in this study (no rows for {names}).")
+    styles = styles or placement_styles(tidy["placement"].unique())
+    ncols = 2 if len(views) == 4 else min(len(views), 3)
+    nrows = -(-len(views) // ncols)
+    fig, axes = new_figure(ncols, nrows, width=7.6 if len(views) == 1 else None, sharey=spec.sharey)
+    handles: dict[str, object] = {}
+    estimates = [stats.estimate(rows, by=("placement", "x")) for _, _, rows in views]
+    shared = pd.concat(estimates) if spec.sharey else None
+    with matplotlib.rc_context(_RC):
+        for ax, (panel, title, rows), est in zip(axes.flat, views, estimates):
+            for placement in ordered_placements(est["placement"].unique()):
+                _draw(ax, est[est["placement"] == placement], styles.get(placement), str(placement))
+            for control in panel.controls:
+                c_est = stats.estimate(_select_like(tidy, control, rows), by=("placement", "x"))
+                for placement in ordered_placements(c_est["placement"].unique()):
+                    _draw(ax, c_est[c_est["placement"] == placement], styles.get(placement), f"_{placement} control",
+                          linestyle="--", alpha=0.55, band=False, lw=1.2)
+                if not c_est.empty:
+                    ax.plot([], [], color="#777777", linestyle="--", lw=1.2, label="untrained network (control)")
+            for baseline in panel.baselines:
+                b_rows = _select_like(tidy, baseline, rows)
+                if not b_rows.empty:  # the same for every placement: one line, averaged over runs
+                    b_est = stats.estimate(b_rows, by=("x",))
+                    _draw(ax, b_est, None, stats.measure_label(baseline), band=False, lw=1.4)
+            _finish_axes(ax, spec, title, est, est if shared is None else shared)
+            if spec.sharey and ax.get_subplotspec().colspan.start > 0:
+                ax.set_ylabel("")  # the first column's label serves the row
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        for ax in list(axes.flat)[len(views):]:
+            ax.set_visible(False)
+        if len(views) == 1:  # one panel: the key to its right, one entry a line
+            fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", fontsize=9)
+        else:
+            fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
+                       ncol=min(len(handles), 5), fontsize=9)
+    alt = f"{spec.title}. {spec.caption}"
+    return Figure(spec.key, spec.title, spec.caption, to_svg(fig, spec.key, alt))
+
+
+def _finish_axes(ax, spec: CurveSpec, title: str, est: pd.DataFrame, y_est: pd.DataFrame) -> None:
+    """Labels and scales; ``y_est`` holds every estimate sharing this y axis (all panels when sharey)."""
+    ax.set_xlabel(spec.xlabel)
+    ax.set_ylabel(spec.ylabel)
+    if title:
+        ax.set_title(title)
+    if spec.log_x and (est["x"] > 0).all():
+        ax.set_xscale("log")
+        plain_numbers(ax.xaxis)
+    positive = y_est["mean"][y_est["mean"] > 0]
+    top = y_est["high"].where(y_est["high"].notna(), y_est["mean"]).max()
+    # A log axis only where the curves span more than a factor of ten; bands reaching zero or below are
+    # clipped at the bottom of the axes, not hidden.
+    if spec.log_y and len(positive) == len(y_est) and len(positive) and top / positive.min() > 10:
+        bottom = positive.min()
+        ax.set_yscale("log", nonpositive="clip")
+        if bottom >= 0.01 and top < 1e5 and top / bottom < 100:  # perplexities: a tight range, plain numbers
+            ax.set_ylim(bottom / 1.15, top * 1.15)
+            plain_numbers(ax.yaxis)
+        else:
+            ax.set_ylim(bottom / 2.5, top * 1.6)
+    if est["x"].dropna().apply(float.is_integer).all() and not spec.log_x:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+# --- scalars --------------------------------------------------------------------
+
+
+def scalar_rows(tidy: pd.DataFrame, measure: str) -> tuple[str, pd.DataFrame]:
+    """A scalar measure's rows at one layer (model-level, else the top layer) and the panel title for them."""
+    rows = tidy[(tidy["measure"] == measure) & tidy["x"].isna()]
+    title = stats.measure_label(measure)
+    if "layer" in rows and len(rows) and not (rows["layer"] == -1).any():
+        top = int(rows["layer"].max())
+        rows = rows[rows["layer"] == top]
+        title += f" (layer {top})"
+    return title, rows
+
+
+def scalar_figure(tidy: pd.DataFrame, measures, *, key: str, title: str, caption: str,
+                  styles: dict[str, Style] | None = None, required: bool = True) -> Figure | None:
+    """Dot-and-interval plot of scalar measures: mean and 95% t-interval per placement, each seed as a dot.
+
+    Per-layer measures show their top layer. Infinite values (a half-life beyond the measured lags) are
+    drawn as triangles at the right edge.
+    """
+    panels = [(m, *scalar_rows(tidy, m)) for m in measures]
+    panels = [p for p in panels if len(p[2])]
+    if not panels:
+        if not required:
+            return None
+        return Figure(key, title, caption, None, f"Not measured in this study (no rows for {', '.join(measures)}).")
+    styles = styles or placement_styles(tidy["placement"].unique())
+    order = ordered_placements(pd.concat([rows for _, _, rows in panels])["placement"].unique())
+    ncols = min(len(panels), 3)
+    fig, axes = new_figure(ncols, -(-len(panels) // ncols), height=0.42 * len(order) + 1.7)
+    with matplotlib.rc_context(_RC):
+        for ax, (measure, panel_title, rows) in zip(axes.flat, panels):
+            seeds = stats.per_seed(rows, by=("placement",))
+            finite = seeds["value"][np.isfinite(seeds["value"])]
+            edge = finite.max() + 0.08 * (finite.max() - finite.min() or abs(finite.max()) or 1.0) if len(finite) else 1.0
+            for i, placement in enumerate(order):
+                values = seeds.loc[seeds["placement"] == placement, "value"].to_numpy(float)
+                if not len(values):
+                    continue
+                style = styles[placement]
+                ci = stats.mean_ci(values)
+                jitter = (np.arange(len(values)) - (len(values) - 1) / 2) * 0.06
+                shown = np.where(np.isinf(values), edge, values)
+                ax.scatter(shown, i + 0.2 + jitter, s=12, color=style.colour, alpha=0.55, linewidths=0,
+                           marker="o")
+                if np.isfinite(ci.low):
+                    ax.plot([ci.low, ci.high], [i, i], color=style.colour, lw=2.2, solid_capstyle="butt")
+                mean = edge if np.isinf(ci.mean) else ci.mean
+                ax.plot([mean], [i], marker=">" if np.isinf(ci.mean) else style.marker, color=style.colour,
+                        markersize=7)
+            ax.set_yticks(range(len(order)), [str(p) for p in order])
+            ax.set_ylim(len(order) - 0.4, -0.6)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            unit = stats.measure_unit(measure)
+            ax.set_xlabel(unit if len(panels) > 1 else axis_label(measure))
+            ax.set_title(textwrap.fill(panel_title, 34), fontsize=10 if len(panels) > 1 else None)
+            ax.grid(axis="y", visible=False)
+            if np.isinf(seeds["value"]).any():
+                ax.axvline(edge, color="#999999", lw=0.8, ls=":")
+                ax.annotate("beyond measured range", (edge, -0.55), ha="right", va="top", fontsize=7.5, color="#666666")
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+    return Figure(key, title, caption, to_svg(fig, key, f"{title}. {caption}"))
+
+
+def axis_label(measure: str) -> str:
+    unit = stats.measure_unit(measure)
+    return f"{stats.measure_label(measure)} ({unit})" if unit else stats.measure_label(measure)
+
+
+# --- the standard set -----------------------------------------------------------------
+
+PERPLEXITY_MEASURES = ("valid_ppl", "test_ppl")
+_CONTROL_WORDS = ("untrained", "baseline", "chance", "best", "entropy", "count")
+
+
+def memory_summaries(tidy: pd.DataFrame) -> list[str]:
+    """The scalar summaries worth a panel: half-lives of the trained network's curves and effective context."""
+    names = tidy.loc[tidy["x"].isna(), "measure"].unique()
+    half_lives = sorted(m for m in names if m.endswith("_half_life") and not any(w in m for w in _CONTROL_WORDS))
+    return half_lives + (["effective_context"] if "effective_context" in names else [])
+
+
+def standard_figures(tidy: pd.DataFrame) -> list[Figure]:
+    """Every figure a study report shows, in reading order; absent measures give notes, not figures."""
+    styles = placement_styles(tidy["placement"].unique())
+    figures = [scalar_figure(
+        tidy, PERPLEXITY_MEASURES, key="perplexity", title="Perplexity",
+        caption="Validation and test perplexity per placement: mean (marker), 95% t-interval across seeds (bar) "
+                "and each seed (dots).", styles=styles,
+    )]
+    for spec in CURVES:
+        fig = curve_figure(tidy, spec, styles)
+        if fig.svg is not None or spec.required:
+            figures.append(fig)
+    memory = scalar_figure(
+        tidy, memory_summaries(tidy), key="memory_summaries", title="Memory summaries",
+        caption="Half-lives (the lag where a curve falls to half its lag-1 value) and effective context (the "
+                "smallest context within 1% of full-context perplexity): mean (marker), 95% t-interval across "
+                "seeds (bar) and each seed (dots); per-layer measures at the top layer.",
+        styles=styles, required=False,
+    )
+    if memory is not None:
+        figures.append(memory)
+    return figures

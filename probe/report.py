@@ -1,0 +1,318 @@
+"""One self-contained HTML report per study, with its data beside it.
+
+``render_report`` writes ``<stem>.html`` (figures inline as SVG, the raw
+data as a data: URI download, no scripts, no network), and beside it the
+same numbers as ``<stem>_data.csv`` (the tidy table), ``<stem>_tests.csv``
+(the significance table) and ``<stem>.json`` (everything). Every file is
+written atomically, the HTML last, so a report on disk is always whole.
+
+The template is rendered with autoescape on (REFERENCES.md: jinja2's default
+is off, and ``select_autoescape`` would not match ``.html.j2``), so labels
+from configurations and tidy tables cannot inject markup. Rendering is
+deterministic: equal inputs and environment give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from probe import stats
+from probe.figures import Figure, ordered_placements, placement_styles
+from probe.placements import Placement, PlacementError, describe, parse_placement
+
+ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("probe", "templates"),
+    autoescape=True,  # explicit: the templates end in .j2, which select_autoescape would not match
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+ENV.filters.update(fmt=stats.fmt, fmt_p=stats.fmt_p, fixed=stats.fmt_fixed)
+
+PERPLEXITY = ("valid_ppl", "test_ppl")
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are for reading
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def data_uri(text: str, mime: str = "text/csv") -> str:
+    return f"data:{mime};charset=utf-8;base64," + base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def to_json(obj) -> str:
+    """JSON with NaN as null and numpy scalars as numbers; keys kept in insertion order."""
+    return json.dumps(_plain(obj), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _plain(obj):
+    if isinstance(obj, pd.DataFrame):
+        return [_plain(r) for r in obj.to_dict("records")]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(obj) else float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def render(template: str, **context) -> str:
+    return ENV.get_template(template).render(**context)
+
+
+# --- what the template shows -------------------------------------------------
+
+
+def placement_rows(placements: Iterable[str | Placement], colours: dict[str, str]) -> list[dict]:
+    """The placements table: name, colour, sites with rates and scopes, description, citation."""
+    rows = []
+    for spec in placements:
+        try:
+            p = parse_placement(spec)
+        except PlacementError:
+            rows.append({"label": str(spec), "name": str(spec), "colour": colours.get(str(spec), "#777777"),
+                         "sites": [], "description": "not in the placement registry", "citation": ""})
+            continue
+        label = str(spec) if isinstance(spec, str) else p.spec
+        rows.append({
+            "label": label, "name": p.name, "colour": colours.get(label, colours.get(p.name, "#777777")),
+            "sites": describe(p), "description": p.definition.description, "citation": p.definition.citation,
+        })
+    return rows
+
+
+def scalar_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float = 0.95) -> dict:
+    """Mean and t-interval across seeds, placements as rows: {"measures", "rows": [{placement, cells}]}."""
+    rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
+    est = stats.estimate(rows, by=("placement", "measure"), confidence=confidence)
+    present = [m for m in measures if (est["measure"] == m).any()]
+    out = []
+    for placement in ordered_placements(est["placement"].unique()):
+        cells = []
+        for m in present:
+            hit = est[(est["placement"] == placement) & (est["measure"] == m)]
+            cells.append(hit.iloc[0].to_dict() if len(hit) else None)
+        out.append({"placement": placement, "cells": cells})
+    return {"measures": [{"name": m, "label": stats.measure_label(m), "unit": stats.measure_unit(m)} for m in present],
+            "rows": out}
+
+
+def scalar_rows_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float = 0.95) -> dict:
+    """Every other scalar, one row per measure x layer (x mode where a measure has several), placements as columns."""
+    rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
+    est = stats.estimate(rows, by=("measure", "layer", "mode", "placement"), confidence=confidence)
+    placements = ordered_placements(est["placement"].unique())
+    modes = est.groupby("measure")["mode"].nunique()
+    out = []
+    for (measure, layer, mode), g in est.groupby(["measure", "layer", "mode"], sort=True):
+        label = stats.measure_label(measure)
+        label += f" (layer {layer})" if layer >= 0 else ""
+        label += f" [{mode}]" if modes[measure] > 1 else ""
+        by = {p: r for p, r in zip(g["placement"], g.to_dict("records"))}
+        out.append({"label": label, "unit": stats.measure_unit(measure), "cells": [by.get(p) for p in placements]})
+    return {"placements": placements, "rows": out}
+
+
+def significance_groups(tests: pd.DataFrame) -> list[dict]:
+    """The significance table, one block per metric, rows in registry order."""
+    if tests is None or tests.empty:
+        return []
+    groups = []
+    for metric, g in tests.groupby("metric", sort=False):
+        order = ordered_placements(g["placement"].unique())
+        g = g.set_index("placement").loc[order].reset_index()
+        first = g.iloc[0]
+        groups.append({
+            "metric": metric, "label": first["label"], "unit": first["unit"], "reference": first["reference"],
+            "higher_is_better": bool(first["higher_is_better"]), "family": first["holm_family"],
+            "rows": g.to_dict("records"),
+        })
+    return groups
+
+
+def seeds_by_placement(tidy: pd.DataFrame) -> list[dict]:
+    return [{"placement": p, "seeds": sorted(int(s) for s in tidy.loc[tidy["placement"] == p, "seed"].unique())}
+            for p in ordered_placements(tidy["placement"].unique())]
+
+
+def flatten(config: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested configuration as (dotted key, value text) pairs, in insertion order."""
+    items = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items.extend(flatten(value, name + "."))
+        else:
+            items.append((name, value if isinstance(value, str) else json.dumps(_plain(value), ensure_ascii=False)))
+    return items
+
+
+def collect_environment(**extra) -> dict:
+    """Versions, device, git commit and date, for the report's environment section."""
+    env = {"date (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+           "python": platform.python_version(), "platform": platform.platform()}
+    for package in ("dropout-probe", "torch", "triton", "numpy", "scipy", "pandas", "seaborn", "matplotlib", "jinja2"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        cpu = f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+        env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu
+    except ImportError:
+        pass
+    env["git commit"] = _git_commit()
+    env.update(extra)
+    return env
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+STATISTICAL_METHODS = (
+    "Seeds are the unit of replication: rows repeated within a seed are averaged first, and every interval and "
+    "test is taken across seeds. Intervals are {level} t-intervals of the mean across seeds; the interval of a "
+    "difference is Welch–Satterthwaite's. Each placement is compared with the reference placement by Welch's "
+    "t-test and by an exact two-sided permutation test of the difference of means (every split of the pooled "
+    "seeds); Holm's step-down correction is applied to the permutation p-values across the placements compared "
+    "on each metric. Effect sizes are Hedges' g (pooled standard deviation, exact small-sample correction) and "
+    "the probability that a random seed of the placement beats a random seed of the reference (ties count one "
+    "half). With n_a and n_b seeds the smallest attainable permutation p-value is 2 / C(n_a + n_b, n_a): 0.10 "
+    "for 3 vs 3 and 0.0079 for 5 vs 5; the table warns where this, or Holm's multiplier, puts significance out "
+    "of reach."
+)
+
+
+def render_report(
+    path: str | Path,
+    *,
+    title: str,
+    question: str,
+    config: dict,
+    placements: Sequence[str | Placement],
+    tidy: pd.DataFrame,
+    tests: pd.DataFrame,
+    summary: Sequence[str],
+    environment: dict,
+    figures: Sequence[Figure],
+    methods: Sequence[str] = (),
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> Path:
+    """Write the study report ``path`` (.html) and its CSV and JSON files beside it; returns the HTML path.
+
+    ``methods`` holds extra paragraphs for the methods section (the corpus
+    and its split, say); the statistical methods paragraph is always added.
+    """
+    path = Path(path)
+    stem = path.with_suffix("")
+    tidy = tidy.assign(**{c: v for c, v in (("layer", -1), ("mode", "")) if c not in tidy.columns})
+    data_csv = tidy.to_csv(index=False, lineterminator="\n")
+    tests_csv = tests.to_csv(index=False, lineterminator="\n")
+    styles = placement_styles(list(tidy["placement"].unique()) + [str(p) for p in placements])
+    colours = {k: s.colour for k, s in styles.items()}
+    scalars = sorted(m for m in tidy.loc[tidy["x"].isna(), "measure"].unique() if m not in PERPLEXITY)
+    perplexity = scalar_table(tidy, PERPLEXITY, confidence)
+    other = scalar_rows_table(tidy, scalars, confidence)
+    context = {
+        "title": title, "question": question, "summary": list(summary), "environment": environment,
+        "config": flatten(config), "methods": [*methods, STATISTICAL_METHODS.format(level=f"{confidence:.0%}")],
+        "placements": placement_rows(placements, colours), "colours": colours,
+        "perplexity": perplexity, "scalars": other, "tests": significance_groups(tests), "figures": list(figures),
+        "seeds": seeds_by_placement(tidy), "level": f"{confidence:.0%}", "alpha": alpha,
+        "downloads": [
+            {"name": f"{stem.name}_data.csv", "uri": data_uri(data_csv), "what": f"raw tidy data ({len(tidy)} rows)"},
+            {"name": f"{stem.name}_tests.csv", "uri": data_uri(tests_csv),
+             "what": f"significance tests ({len(tests)} rows)"},
+        ],
+    }
+    html = render("report.html.j2", **context)
+    write_atomic(Path(f"{stem}_data.csv"), data_csv)
+    write_atomic(Path(f"{stem}_tests.csv"), tests_csv)
+    write_atomic(Path(f"{stem}.json"), to_json({
+        "title": title, "question": question, "summary": list(summary), "config": config,
+        "placements": context["placements"], "environment": environment,
+        "estimates": {"perplexity": _estimates(tidy, PERPLEXITY, confidence),
+                      "scalars": _estimates(tidy, scalars, confidence)},
+        "tests": tests,
+        "figures": [{"key": f.key, "title": f.title, "caption": f.caption, "note": f.note} for f in figures],
+        "data": tidy,
+    }))
+    return write_atomic(path, html)
+
+
+def _estimates(tidy: pd.DataFrame, measures: Sequence[str], confidence: float) -> pd.DataFrame:
+    rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
+    return stats.estimate(rows, by=("placement", "measure"), confidence=confidence)
+
+
+def study_report(
+    path: str | Path,
+    *,
+    title: str,
+    question: str,
+    config: dict,
+    placements: Sequence[str | Placement],
+    tidy: pd.DataFrame,
+    metrics: Sequence[str | stats.Metric],
+    reference: str = "zaremba",
+    environment: dict | None = None,
+    methods: Sequence[str] = (),
+    alpha: float = 0.05,
+) -> Path:
+    """Tests, sentences, figures and the rendered report in one call: what a study runs at its end."""
+    from probe.figures import standard_figures
+
+    tests = stats.test_against_reference(tidy, reference, metrics, alpha=alpha)
+    return render_report(
+        path, title=title, question=question, config=config, placements=placements, tidy=tidy, tests=tests,
+        summary=stats.summarize(tests, alpha=alpha), environment=environment or collect_environment(),
+        figures=standard_figures(tidy), methods=methods, alpha=alpha,
+    )

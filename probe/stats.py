@@ -1,0 +1,718 @@
+"""Statistics over tidy measurement tables: seeds are the unit of replication.
+
+Plain functions over arrays and DataFrames that return small named results,
+in the style of ``scipy.stats`` (DESIGN.md, "Statistics"):
+
+- ``per_seed`` averages repeated rows within a seed first; every interval
+  and test below is computed across seeds, never across tokens or batches
+  (token-level resampling measures evaluation noise, not seed variance).
+- ``mean_ci`` is a t-interval across seeds; ``bootstrap_ci`` is for
+  statistics that are not means (a median half-life, say).
+- ``compare`` and ``test_against_reference`` put each placement beside a
+  reference placement: Welch's t-test, an exact permutation test, Holm's
+  correction, Hedges' g, the probability of improvement, n beside every test
+  and a warning when n is too small for any test to reach significance.
+
+With 3 seeds per group the smallest exact two-sided permutation p-value is
+2 / C(6, 3) = 0.10, so no claim can be tested; with 5 seeds it is
+2 / C(10, 5) = 0.0079 (REFERENCES.md, "Pitfalls others hit").
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+# The columns that identify one curve point of one run in a tidy table.
+TIDY_KEYS = ("placement", "measure", "x_name", "x", "layer", "mode")
+# Exact permutation tests enumerate every split up to this many; beyond, a seeded Monte Carlo test.
+MAX_EXACT_PERMUTATIONS = 200_000
+
+
+class MeanCI(NamedTuple):
+    """A mean across seeds with its t-interval; the interval is NaN for n < 2."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float
+
+
+class BootstrapCI(NamedTuple):
+    """A statistic with its bootstrap interval across seeds."""
+
+    statistic: float
+    low: float
+    high: float
+    n: int
+    method: str
+
+
+class TestResult(NamedTuple):
+    """A test statistic and its two-sided p-value."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+    statistic: float
+    pvalue: float
+
+
+class Comparison(NamedTuple):
+    """One group (a) beside a reference group (b), both as per-seed values."""
+
+    n_ref: int
+    n: int
+    mean_ref: float
+    mean: float
+    diff: float  # mean - mean_ref
+    ci_low: float  # Welch-Satterthwaite t-interval of the difference
+    ci_high: float
+    t: float
+    df: float
+    p_welch: float
+    p_perm: float
+    hedges_g: float
+    prob_improvement: float  # P(a better than b), ties count one half
+    min_p: float  # the smallest exact permutation p-value these n allow
+    warning: str
+
+
+def _present(values) -> np.ndarray:
+    """The values as a flat float array without NaNs; infinities stay (a half-life beyond the measured lags is inf)."""
+    a = np.asarray(values, dtype=float).ravel()
+    return a[~np.isnan(a)]
+
+
+def _has_inf(*arrays) -> bool:
+    return any(np.isinf(a).any() for a in arrays)
+
+
+# --- aggregation ------------------------------------------------------------
+
+
+def per_seed(df: pd.DataFrame, by: Sequence[str] = TIDY_KEYS) -> pd.DataFrame:
+    """One row per group of ``by`` and seed: the mean over rows repeated within a seed.
+
+    A seed is the unit of replication; several rows for the same seed (two
+    evaluation passes, several run ids of one seed) are averaged before any
+    interval is taken across seeds. Columns of ``by`` missing from ``df`` are
+    ignored; NaN keys (``x`` for scalars) are kept as their own group.
+    """
+    keys = [c for c in by if c in df.columns and c != "seed"] + ["seed"]
+    out = df.groupby(keys, dropna=False, sort=True)["value"].mean().reset_index()
+    return out
+
+
+def estimate(df: pd.DataFrame, by: Sequence[str] = TIDY_KEYS, confidence: float = 0.95) -> pd.DataFrame:
+    """Per-seed aggregation, then a t-interval across seeds for every group of ``by``.
+
+    Returns ``by`` columns plus mean, low, high, n, sd.
+    """
+    seeds = per_seed(df, by)
+    keys = [c for c in by if c in seeds.columns and c != "seed"]
+    rows = []
+    for key, group in seeds.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(keys, key)), **mean_ci(group["value"], confidence)._asdict()})
+    return pd.DataFrame(rows, columns=[*keys, *MeanCI._fields])
+
+
+# --- intervals --------------------------------------------------------------
+
+
+def mean_ci(values, confidence: float = 0.95) -> MeanCI:
+    """Mean and t-interval across seeds (NaNs dropped). n = 1 gives a NaN interval."""
+    v = _present(values)
+    n = len(v)
+    if n == 0:
+        return MeanCI(math.nan, math.nan, math.nan, 0, math.nan)
+    with np.errstate(invalid="ignore"):
+        mean = float(v.mean())
+    if n == 1 or _has_inf(v):  # no interval from one seed, nor around an infinite value
+        return MeanCI(mean, math.nan, math.nan, n, math.nan)
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return MeanCI(mean, mean - half, mean + half, n, sd)
+
+
+def bootstrap_ci(
+    values,
+    statistic: Callable[[np.ndarray], float] = np.median,
+    *,
+    confidence: float = 0.95,
+    method: str = "BCa",
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> BootstrapCI:
+    """``statistic`` across seeds with a seeded bootstrap interval (scipy.stats.bootstrap).
+
+    For statistics that are not means. BCa falls back to the percentile
+    interval where it is undefined (all resamples equal, as with tiny n).
+    Beware: with 3 seeds a nominal 95% bootstrap interval covers about 73%
+    of the time (REFERENCES.md); prefer ``mean_ci`` where the statistic is a mean.
+    """
+    v = _present(values)
+    n = len(v)
+    est = float(statistic(v)) if n else math.nan
+    if n < 2 or np.all(v == v[0]):
+        low = high = est if n >= 2 else math.nan
+        return BootstrapCI(est, low, high, n, method)
+
+    try:  # numpy reductions take axis= and run vectorised; anything else goes row by row
+        statistic(v[None, :], axis=-1)
+        vectorised = lambda s, axis: statistic(s, axis=axis)  # noqa: E731
+    except TypeError:
+        vectorised = lambda s, axis: np.apply_along_axis(statistic, axis, s)  # noqa: E731
+
+    def run(m: str):
+        return stats.bootstrap(
+            (v,), vectorised, vectorized=True, confidence_level=confidence, method=m,
+            n_resamples=n_resamples, random_state=np.random.default_rng(seed),
+        ).confidence_interval
+
+    used = method
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa on degenerate resamples warns before returning NaN
+        ci = run(method)
+        if not (np.isfinite(ci.low) and np.isfinite(ci.high)) and method.lower() == "bca":
+            used = "percentile"
+            ci = run(used)
+    return BootstrapCI(est, float(ci.low), float(ci.high), n, used)
+
+
+# --- tests ------------------------------------------------------------------
+
+
+def welch(a, b) -> tuple[TestResult, float]:
+    """Welch's t-test (unequal variances), two-sided, and its Satterthwaite degrees of freedom."""
+    a, b = _present(a), _present(b)
+    if len(a) < 2 or len(b) < 2 or _has_inf(a, b):
+        return TestResult(math.nan, math.nan), math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return TestResult(math.nan, math.nan), math.nan
+    res = stats.ttest_ind(a, b, equal_var=False)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return TestResult(float(res.statistic), float(res.pvalue)), float(df)
+
+
+def _mean_difference(x, y, axis):
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def permutation_test(a, b, *, seed: int = 0, n_resamples: int = 99_999) -> TestResult:
+    """Two-sided permutation test of the difference of means.
+
+    Exact (every split of the pooled seeds) when there are at most
+    MAX_EXACT_PERMUTATIONS splits, which covers every seed count a study
+    runs; otherwise a seeded Monte Carlo test. The two-sided p-value is
+    twice the smaller one-sided p-value (scipy's convention), so its
+    smallest possible value is ``min_permutation_p(n_a, n_b)``. Where a
+    value is infinite the test runs on the pooled ranks (ties averaged), so
+    censored values count as larger than every finite one and tie each other.
+    """
+    a, b = _present(a), _present(b)
+    if len(a) < 2 or len(b) < 2:  # scipy needs two per group; with one, p could not go below 2 / (n + 1) anyway
+        return TestResult(math.nan, math.nan)
+    if _has_inf(a, b):  # infinite values (censored half-lives): compare mean ranks instead of means
+        ranks = stats.rankdata(np.concatenate([a, b]))
+        a, b = ranks[: len(a)], ranks[len(a):]
+    exact = math.comb(len(a) + len(b), len(a)) <= MAX_EXACT_PERMUTATIONS
+    res = stats.permutation_test(
+        (a, b), _mean_difference, permutation_type="independent", alternative="two-sided", vectorized=True,
+        n_resamples=np.inf if exact else n_resamples, random_state=np.random.default_rng(seed),
+    )
+    return TestResult(float(res.statistic), float(res.pvalue))
+
+
+def min_permutation_p(n_a: int, n_b: int) -> float:
+    """The smallest exact two-sided permutation p-value with n_a and n_b seeds: 2 / C(n_a + n_b, n_a)."""
+    if n_a < 1 or n_b < 1:
+        return math.nan
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+    Sorted ascending, p_(i) is multiplied by (m - i + 1), the running maximum
+    is taken so adjusted values keep the order of the raw ones, and they are
+    capped at 1. NaNs stay NaN and do not count towards m. (Not BH:
+    ``scipy.stats.false_discovery_control`` controls the false discovery
+    rate, Holm the family-wise error rate, and Holm is never smaller.)
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out
+
+
+def hedges_g(a, b) -> float:
+    """Standardised mean difference (mean_a - mean_b) / pooled sd, with Hedges' exact small-sample factor.
+
+    J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), df = n_a + n_b - 2
+    (Hedges 1981; the familiar 1 - 3/(4 df - 1) approximates it). Infinite
+    when the means differ and both groups have zero spread.
+    """
+    a, b = _present(a), _present(b)
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2 or _has_inf(a, b):
+        return math.nan
+    df = na + nb - 2
+    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / df)
+    diff = float(a.mean() - b.mean())
+    if pooled == 0:
+        return math.nan if diff == 0 else math.copysign(math.inf, diff)
+    j = math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
+    return j * diff / pooled
+
+
+def prob_improvement(a, b, *, higher_is_better: bool) -> float:
+    """P(a random seed of a beats a random seed of b), ties counting one half (rliable's probability of improvement)."""
+    a, b = _present(a), _present(b)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan
+    d = a[:, None] - b[None, :]
+    if not higher_is_better:
+        d = -d
+    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
+
+
+def seeds_needed(comparisons: int = 1, alpha: float = 0.05) -> int:
+    """The fewest seeds per group (equal groups) at which a Holm-corrected exact permutation test can reach ``alpha``."""
+    n = 2
+    while comparisons * min_permutation_p(n, n) > alpha:
+        n += 1
+    return n
+
+
+def small_n_warning(n_a: int, n_b: int, *, alpha: float = 0.05, comparisons: int = 1) -> str:
+    """Why no test can reach significance at ``alpha`` with these seed counts, or "" when one can.
+
+    An exact permutation test cannot go below 2 / C(n_a + n_b, n_a); Holm's
+    first step multiplies the smallest p-value by the number of comparisons.
+    """
+    floor = min_permutation_p(n_a, n_b)
+    if not np.isfinite(floor):
+        return f"n = {n_a} vs {n_b}: no test possible"
+    need = seeds_needed(max(1, comparisons), alpha)
+    if floor > alpha:
+        return (
+            f"n = {n_a} vs {n_b} is too small: the smallest possible exact permutation p-value is "
+            f"{floor:.2g} > {alpha:g}, so no test can reach significance; {need} seeds per placement are needed"
+        )
+    if comparisons > 1 and floor * comparisons > alpha:
+        return (
+            f"n = {n_a} vs {n_b} with {comparisons} comparisons: the smallest possible Holm-corrected "
+            f"permutation p-value is {min(1.0, floor * comparisons):.2g} > {alpha:g}; {need} seeds per placement are needed"
+        )
+    return ""
+
+
+def compare(a, b, *, higher_is_better: bool, confidence: float = 0.95, alpha: float = 0.05, seed: int = 0) -> Comparison:
+    """Group ``a`` against reference ``b``: every test and effect size this project reports.
+
+    ``a`` and ``b`` are per-seed values (arrays or Series), or tidy frames
+    with ``seed`` and ``value`` columns, which are first averaged per seed.
+    """
+    a, b = _seed_values(a), _seed_values(b)
+    ma, mb = mean_ci(a, confidence), mean_ci(b, confidence)
+    t, df = welch(a, b)
+    with np.errstate(invalid="ignore"):
+        diff = ma.mean - mb.mean
+    if np.isfinite(df):
+        half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        low, high = diff - half, diff + half
+    else:
+        low = high = math.nan
+    return Comparison(
+        n_ref=mb.n, n=ma.n, mean_ref=mb.mean, mean=ma.mean, diff=diff, ci_low=low, ci_high=high,
+        t=t.statistic, df=df, p_welch=t.pvalue, p_perm=permutation_test(a, b, seed=seed).pvalue,
+        hedges_g=hedges_g(a, b), prob_improvement=prob_improvement(a, b, higher_is_better=higher_is_better),
+        min_p=min_permutation_p(ma.n, mb.n), warning=_warnings(a, b, alpha=alpha),
+    )
+
+
+def _warnings(a: np.ndarray, b: np.ndarray, *, alpha: float, comparisons: int = 1, missing: int = 0) -> str:
+    notes = [small_n_warning(len(a), len(b), alpha=alpha, comparisons=comparisons)]
+    if missing:
+        notes.append(f"{missing} seed value{'s' if missing > 1 else ''} missing (NaN) and left out")
+    if _has_inf(a, b):
+        k = int(np.isinf(a).sum() + np.isinf(b).sum())
+        notes.append(f"{k} of {len(a) + len(b)} values are infinite (beyond the measured range): the permutation "
+                     f"test compares ranks; Welch's test, the interval and Hedges' g are undefined")
+    return "; ".join(filter(None, notes))
+
+
+def _seed_values(x) -> np.ndarray:
+    if isinstance(x, pd.DataFrame):
+        return _present(x.groupby("seed")["value"].mean().to_numpy())
+    return _present(x)
+
+
+# --- the measures' names and units ---------------------------------------------
+
+# Readable names and units of the measures the tidy tables carry (sentences, axes, tables).
+# Both the names in the issue ("influence_kl_eval") and probe.measure's ("influence_kl" with a mode) appear.
+MEASURE_LABELS = {
+    "valid_ppl": ("validation perplexity", ""),
+    "test_ppl": ("test perplexity", ""),
+    "train_ppl": ("training perplexity", ""),
+    "valid_ppl_epoch": ("validation perplexity per epoch", ""),
+    "effective_context": ("effective context", "tokens"),
+    "full_context_ppl": ("full-context perplexity", ""),
+    "full_context_nll": ("full-context loss", "nats"),
+    "influence_kl": ("influence", "nats"),
+    "influence_hidden": ("hidden-state distance", "L2"),
+    "hidden_distance": ("hidden-state distance", "L2"),
+    "probe_bits": ("probe information", "bits"),
+    "probe_bits_untrained": ("probe information on the untrained network", "bits"),
+    "probe_bits_cell": ("probe information from the cell state", "bits"),
+    "probe_bits_cell_untrained": ("probe information from the untrained network's cell state", "bits"),
+    "probe_bits_baseline": ("frequency baseline", "bits"),
+    "frequency_bits": ("frequency baseline", "bits"),
+    "probe_target_entropy": ("entropy of the probed token", "bits"),
+    "probe_accuracy": ("probe accuracy", ""),
+    "probe_accuracy_untrained": ("probe accuracy on the untrained network", ""),
+    "probe_accuracy_baseline": ("frequency-baseline accuracy", ""),
+    "grad_norm": ("gradient sensitivity", ""),
+    "gradient_norm": ("gradient sensitivity", ""),
+    "context_ppl": ("perplexity with limited context", ""),
+    "context_nll": ("loss with limited context", "nats"),
+    "position_ppl": ("perplexity by position", ""),
+    "position_nll": ("loss by position", "nats"),
+    "recall_accuracy": ("recall accuracy", ""),
+    "recall_accuracy_chance": ("chance", ""),
+    "recall_accuracy_best": ("best possible recall", ""),
+}
+_MODE_WORDS = {"eval": "eval-mode", "train": "training-mode"}
+_SUMMARY_WORDS = {"_half_life": ("half-life", "tokens"), "_decay_rate": ("decay rate", "per token")}
+
+
+def _split_measure(measure: str) -> tuple[str, str, str]:
+    """``influence_kl_eval_half_life`` -> ("influence_kl", "eval", "_half_life"); parts absent are ""."""
+    summary = next((s for s in _SUMMARY_WORDS if measure.endswith(s)), "")
+    base = measure[: len(measure) - len(summary)] if summary else measure
+    if base not in MEASURE_LABELS:
+        for mode in _MODE_WORDS:
+            if base.endswith("_" + mode) and base[: -len(mode) - 1] in MEASURE_LABELS:
+                return base[: -len(mode) - 1], mode, summary
+    return base, "", summary
+
+
+def measure_label(measure: str) -> str:
+    """A readable name for a measure: ``influence_kl_eval_half_life`` -> "eval-mode influence half-life"."""
+    base, mode, summary = _split_measure(measure)
+    label = MEASURE_LABELS.get(base, (base.replace("_", " "), ""))[0]
+    if mode:
+        label = f"{_MODE_WORDS[mode]} {label}"
+    return f"{label} {_SUMMARY_WORDS[summary][0]}" if summary else label
+
+
+def measure_unit(measure: str) -> str:
+    base, _, summary = _split_measure(measure)
+    return _SUMMARY_WORDS[summary][1] if summary else MEASURE_LABELS.get(base, ("", ""))[1]
+
+
+# --- comparisons against a reference placement ------------------------------
+
+# Whether a larger value is better, by measure: perplexities are lower-is-better,
+# every memory measure (influence, information, accuracy, context used) higher-is-better.
+LOWER_IS_BETTER_MARKERS = ("ppl", "loss", "perplexity")
+
+
+def higher_is_better_default(measure: str) -> bool:
+    return not any(m in measure for m in LOWER_IS_BETTER_MARKERS)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number per seed to test: a measure, optionally at one x (e.g. lag 10), layer and mode."""
+
+    measure: str
+    x: float | None = None
+    layer: int | None = None  # None: model-level rows (-1) if any, else the top layer
+    mode: str | None = None
+    higher_is_better: bool | None = None  # None: lower for perplexities, higher for memory measures
+    label: str = ""  # how sentences name it, e.g. "training-mode influence at lag 10"
+    unit: str = ""
+
+    @property
+    def better_is_higher(self) -> bool:
+        return higher_is_better_default(self.measure) if self.higher_is_better is None else self.higher_is_better
+
+    @property
+    def name(self) -> str:
+        """A short unique identifier: ``influence_kl[train]@10``, ``probe_bits[layer 1]@5``, ``test_ppl``."""
+        name = self.measure + (f"[{self.mode}]" if self.mode else "")
+        name += f"[layer {self.layer}]" if self.layer is not None and self.layer >= 0 else ""
+        return name if self.x is None else f"{name}@{self.x:g}"
+
+    @property
+    def description(self) -> str:
+        """How sentences name the metric: its label, else e.g. "training-mode influence at lag 10"."""
+        if self.label:
+            return self.label
+        text = measure_label(self.measure)
+        if self.mode in _MODE_WORDS and not _split_measure(self.measure)[1]:
+            text = f"{_MODE_WORDS[self.mode]} {text}"
+        if self.x is not None:
+            where = {"context_ppl": "context length", "position_ppl": "position"}.get(self.measure, "lag")
+            text += f" at {where} {self.x:g}"
+        return text + (f" (layer {self.layer})" if self.layer is not None and self.layer >= 0 else "")
+
+    @property
+    def units(self) -> str:
+        return self.unit or measure_unit(self.measure)
+
+
+def as_metric(metric: str | Metric) -> Metric:
+    return metric if isinstance(metric, Metric) else Metric(str(metric))
+
+
+def metric_values(tidy: pd.DataFrame, metric: str | Metric) -> pd.DataFrame:
+    """Per-seed values of one metric: columns placement, seed, value."""
+    m = as_metric(metric)
+    rows = tidy[tidy["measure"] == m.measure]
+    if rows.empty:
+        return pd.DataFrame(columns=["placement", "seed", "value"])
+    if m.x is not None:
+        at = rows[np.isclose(rows["x"].astype(float), m.x)]
+        if at.empty:
+            xs = ", ".join(f"{v:g}" for v in sorted(rows["x"].dropna().unique())[:12])
+            raise ValueError(f"measure {m.measure!r} has no rows at x = {m.x:g}; it was measured at {xs}")
+        rows = at
+    elif rows["x"].notna().any() and rows["x"].nunique() > 1:
+        xs = ", ".join(f"{v:g}" for v in sorted(rows["x"].dropna().unique())[:8])
+        raise ValueError(f"measure {m.measure!r} is a curve; choose Metric(x=...) from {xs}, ...")
+    if "layer" in rows.columns:
+        layer = m.layer
+        if layer is None:
+            layer = -1 if (rows["layer"] == -1).any() else int(rows["layer"].max())
+        rows = rows[rows["layer"] == layer]
+    if m.mode is not None and "mode" in rows.columns:
+        rows = rows[rows["mode"] == m.mode]
+    elif "mode" in rows.columns and rows["mode"].nunique() > 1:
+        raise ValueError(f"measure {m.measure!r} has modes {sorted(rows['mode'].unique())}; choose Metric(mode=...)")
+    return per_seed(rows, by=("placement",))
+
+
+TEST_COLUMNS = [
+    "metric", "label", "unit", "measure", "x", "higher_is_better", "reference", "placement",
+    "n_ref", "n", "mean_ref", "mean", "diff", "ci_low", "ci_high", "t", "df", "p_welch", "p_perm",
+    "p_holm", "p_holm_welch", "holm_family", "hedges_g", "prob_improvement", "min_p", "warning",
+]
+
+
+def test_against_reference(
+    tidy: pd.DataFrame,
+    reference: str = "zaremba",
+    metric: str | Metric | Sequence[str | Metric] = "test_ppl",
+    *,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+    holm_within: str = "metric",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each placement against ``reference`` on each metric: one tidy row per placement x metric.
+
+    Holm's correction is applied to the permutation p-values (exact, so valid
+    at any n) across the placements of one metric (``holm_within="metric"``)
+    or across every row of the table (``holm_within="all"``); the column
+    ``holm_family`` says which. ``p_holm_welch`` applies the same correction
+    to Welch's p-values, which can be small at any n but lean on roughly
+    normal seed-to-seed variation. ``warning`` says when the seed counts
+    (and, after correction, the number of comparisons) put significance of
+    the permutation test out of reach at ``alpha``.
+    """
+    if holm_within not in ("metric", "all"):
+        raise ValueError(f"holm_within must be 'metric' or 'all'; got {holm_within!r}")
+    metrics = [as_metric(m) for m in ([metric] if isinstance(metric, (str, Metric)) else metric)]
+    rows, samples = [], []
+    for m in metrics:
+        values = metric_values(tidy, m)
+        by_placement = {p: g["value"].to_numpy() for p, g in values.groupby("placement", sort=False)}
+        ref_label = reference_label(by_placement, reference)
+        if ref_label is None:
+            continue
+        ref = by_placement[ref_label]
+        for placement in registry_order(by_placement):
+            if placement == ref_label:
+                continue
+            c = compare(by_placement[placement], ref, higher_is_better=m.better_is_higher,
+                        confidence=confidence, alpha=alpha, seed=seed)
+            rows.append({
+                "metric": m.name, "label": m.description, "unit": m.units, "measure": m.measure,
+                "x": math.nan if m.x is None else float(m.x), "higher_is_better": m.better_is_higher,
+                "reference": ref_label, "placement": placement, **c._asdict(),
+            })
+            raw = np.concatenate([by_placement[placement], ref]).astype(float)
+            samples.append((_present(by_placement[placement]), _present(ref), int(np.isnan(raw).sum())))
+    out = pd.DataFrame(rows, columns=[c for c in TEST_COLUMNS if c not in ("p_holm", "p_holm_welch", "holm_family")])
+    if out.empty:
+        return pd.DataFrame(columns=TEST_COLUMNS)
+    families = [out.index] if holm_within == "all" else [g.index for _, g in out.groupby("metric", sort=False)]
+    out["p_holm"] = out["p_holm_welch"] = math.nan
+    out["holm_family"] = ""
+    for idx in families:
+        k = int(out.loc[idx, "p_perm"].notna().sum())
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_perm"].to_numpy())
+        out.loc[idx, "p_holm_welch"] = holm(out.loc[idx, "p_welch"].to_numpy())
+        scope = "all metrics" if holm_within == "all" else "this metric"
+        out.loc[idx, "holm_family"] = f"Holm over {k} permutation p-values ({scope})"
+        for i in idx:
+            a, b, missing = samples[i]
+            out.loc[i, "warning"] = _warnings(a, b, alpha=alpha, comparisons=k, missing=missing)
+    return out[TEST_COLUMNS].reset_index(drop=True)
+
+
+test_against_reference.__test__ = False  # a library function, not a pytest test, despite its name
+
+
+def reference_label(labels, reference: str) -> str | None:
+    """The label in ``labels`` that names ``reference``: the same string, the same canonical spec
+    (``zaremba`` is ``zaremba:p=0.5``), or the only label with that placement name; else None."""
+    from probe.placements import PlacementError, parse_placement
+
+    labels = [str(x) for x in labels]
+    if reference in labels:
+        return reference
+
+    def canonical(spec: str) -> str | None:
+        try:
+            return parse_placement(spec).spec
+        except PlacementError:
+            return None
+
+    want = canonical(reference)
+    same = [x for x in labels if want is not None and canonical(x) == want]
+    if len(same) == 1:
+        return same[0]
+    named = [x for x in labels if x.split(":", 1)[0] == reference.split(":", 1)[0]]
+    return named[0] if len(named) == 1 else None
+
+
+def registry_order(placements) -> list[str]:
+    """Placement labels in registry order (then any others alphabetically), so tables and figures read alike."""
+    from probe.placements import PLACEMENT_NAMES
+
+    rank = {n: i for i, n in enumerate(PLACEMENT_NAMES)}
+    return sorted({str(p) for p in placements}, key=lambda p: (rank.get(p.split(":", 1)[0], len(rank)), p))
+
+
+# --- sentences --------------------------------------------------------------
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    """A number as reports print it: ``digits`` significant figures (trailing zeros kept), a real minus
+    sign, "–" for missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x)).replace("-", "−")
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    if 10**digits - 0.5 <= abs(x) < 1e9:  # large numbers (an untrained model's perplexity) as integers
+        return f"{x:.0f}".replace("-", "−")
+    text = f"{x:#.{digits}g}"
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        text = f"{mantissa.rstrip('.')}×10{str(int(exp)).translate(_SUPERSCRIPT)}"
+    return text.rstrip(".").replace("-", "−")
+
+
+def fmt_fixed(x: float, decimals: int = 2) -> str:
+    """A number with a fixed count of decimals (probabilities), "–" for missing."""
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{x:.{decimals}f}".replace("-", "−")
+
+
+def fmt_p(p: float) -> str:
+    """A p-value to two significant figures; very small ones as an inequality."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:#.2g}".rstrip(".")
+
+
+def _phrases(measure: str, better: bool) -> str:
+    if not higher_is_better_default(measure):
+        return "has lower perplexity than" if better else "has higher perplexity than"
+    return "keeps more memory than" if better else "loses memory relative to"
+
+
+def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0.95) -> list[str]:
+    """Sentences stating what the tests show, drawn only from the tests table.
+
+    One sentence per significant comparison (Holm-corrected permutation p
+    below ``alpha``); otherwise a plain statement that nothing was
+    significant, or that n was too small for significance to be possible,
+    naming the largest observed effect as an estimate only.
+    """
+    if tests is None or tests.empty:
+        return ["No comparisons were run (the reference placement or the tested measures are missing)."]
+    level = f"{confidence:.0%}"
+    sentences = []
+    for _, group in tests.groupby("label", sort=False):
+        sig = group[group["p_holm"] < alpha]
+        for _, r in sig.sort_values("hedges_g").iterrows():
+            better = (r["diff"] > 0) == bool(r["higher_is_better"])
+            unit = f" {r['unit']}" if r["unit"] else ""
+            sentences.append(
+                f"{r['placement']} {_phrases(r['measure'], better)} {r['reference']}: {r['label']} is "
+                f"{fmt(r['mean'], 3)} vs {fmt(r['mean_ref'], 3)}{unit} (difference {fmt(r['diff'], 3)}, "
+                f"{level} CI [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}], Holm-corrected permutation "
+                f"p = {fmt_p(r['p_holm'])}, Hedges' g = {fmt(r['hedges_g'], 2)}, n = {r['n']} vs {r['n_ref']})."
+            )
+        rest = group[~(group["p_holm"] < alpha)]
+        if len(sig) and len(rest):
+            names = ", ".join(f"{r['placement']} (p = {fmt_p(r['p_holm'])})" for _, r in rest.iterrows())
+            sentences.append(f"Not significantly different from {group['reference'].iloc[0]} on {group['label'].iloc[0]} "
+                             f"after Holm correction: {names}.")
+    impossible = tests[tests["warning"] != ""]
+    for metric, group in tests.groupby("label", sort=False):
+        if (group["p_holm"] < alpha).any():
+            continue
+        blocked = group.index.isin(impossible.index)
+        ns = sorted({(int(r["n"]), int(r["n_ref"])) for _, r in group.iterrows()})
+        n_text = ", ".join(f"{a} vs {b}" for a, b in ns)
+        if blocked.all():
+            floor = float(group["min_p"].min())
+            k = int(group["p_perm"].notna().sum())
+            after = f", {fmt_p(min(1.0, floor * k))} after Holm over {k} comparisons" if k > 1 else ""
+            head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds no test can reach significance at "
+                    f"α = {alpha:g} (the smallest attainable permutation p-value is {fmt_p(floor)}{after}; "
+                    f"{seeds_needed(max(k, 1), alpha)} seeds per placement are needed), so the differences are "
+                    f"estimates, not findings.")
+        else:
+            head = (f"{metric[:1].upper()}{metric[1:]}: no placement differs significantly from "
+                    f"{group['reference'].iloc[0]} "
+                    f"at α = {alpha:g} after Holm correction over {len(group)} comparisons (n = {n_text}).")
+        biggest = group.loc[group["hedges_g"].abs().fillna(-1).idxmax()]
+        if np.isfinite(biggest["hedges_g"]):
+            unit = f" {biggest['unit']}" if biggest["unit"] else ""
+            head += (f" The largest effect is {biggest['placement']}: {fmt(biggest['mean'], 3)} vs "
+                     f"{fmt(biggest['mean_ref'], 3)}{unit} (Hedges' g = {fmt(biggest['hedges_g'], 2)}, "
+                     f"permutation p = {fmt_p(biggest['p_perm'])} before correction).")
+        welch_sig = group[group["p_holm_welch"] < alpha]
+        if blocked.all() and len(welch_sig):
+            names = ", ".join(str(p) for p in welch_sig["placement"])
+            head += (f" Welch's t-test with Holm correction, which assumes roughly normal variation across seeds, "
+                     f"puts {names} below {alpha:g}.")
+        sentences.append(head)
+    return sentences
