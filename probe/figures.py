@@ -125,7 +125,7 @@ def to_svg(fig: MplFigure, key: str, alt: str) -> str:
     """Serialise ``fig`` as an inline-ready SVG element with a title and an accessible name."""
     buf = io.StringIO()
     with matplotlib.rc_context({**_RC, "svg.hashsalt": f"dropout-probe-{key}"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")  # never clip a legend
     return inline_svg(buf.getvalue(), key, alt)
 
 
@@ -334,7 +334,7 @@ def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] |
             fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", fontsize=9)
         else:
             fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                       ncol=min(len(handles), 5), fontsize=9)
+                       ncol=min(len(handles), 3), fontsize=9)  # spec labels are long: 3 fit the width
     alt = f"{spec.title}. {spec.caption}"
     return Figure(spec.key, spec.title, spec.caption, to_svg(fig, spec.key, alt))
 
