@@ -1,0 +1,118 @@
+"""The smoke study end to end: report, data beside it, browser rendering, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from html import unescape
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from probe.placements import PLACEMENT_NAMES, parse_placement
+from browser import chromium_binary, is_blank, render_in_chromium
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["-m", "studies.memory_decay", "--preset", "smoke", "--no-progress", "--jobs", "2"]
+
+
+def run_study(out: Path, *extra, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *SMOKE, "--out", str(out), *extra], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run_study(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def comparable(data: pd.DataFrame) -> pd.DataFrame:
+    """The data without wall-clock times, which differ between any two runs of anything."""
+    return data[data["measure"] != "train_seconds"].reset_index(drop=True)
+
+
+def test_smoke_report_names_every_placement_and_has_every_figure(smoke):
+    html = (smoke / "memory_decay.html").read_text()
+    for name in PLACEMENT_NAMES:
+        assert parse_placement(name).spec in unescape(html), name
+    figures = re.findall(r'<figure id="fig-([a-z_]+)"', html)
+    expected = {"perplexity", "influence", "probe", "gradient", "recall", "context", "position", "training"}
+    assert expected <= set(figures), figures
+    assert html.count("<svg") == len(figures)
+
+
+def test_data_beside_the_report_parses_and_matches_its_numbers(smoke):
+    data = pd.read_csv(smoke / "memory_decay_data.csv")
+    tests = pd.read_csv(smoke / "memory_decay_tests.csv")
+    assert set(data["seed"]) == {0, 1}
+    assert {parse_placement(p).spec for p in PLACEMENT_NAMES} == set(data["placement"])
+    html = unescape((smoke / "memory_decay.html").read_text())
+    # Every placement's mean test perplexity, as the CSV gives it, is printed in the report.
+    ppl = data[data["measure"] == "test_ppl"].groupby("placement")["value"].mean()
+    for placement, value in ppl.items():
+        assert f"{value:.2f}" in html, (placement, value)
+    # So is every test's difference, to the precision the table prints.
+    assert len(tests) == 7 * tests["label"].nunique()
+    assert (tests["n"] == 2).all() and (tests["n_ref"] == 2).all()
+
+
+def test_report_warns_that_two_seeds_cannot_reach_significance(smoke):
+    html = unescape((smoke / "memory_decay.html").read_text())
+    assert "no test can reach significance" in html
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="headless Chromium not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium_without_errors(smoke):
+    errors, png = render_in_chromium(smoke / "memory_decay.html")
+    assert errors == []
+    assert not is_blank(png)
+
+
+def test_a_finished_study_recomputes_nothing(smoke):
+    before = {p: p.stat().st_mtime_ns for p in (smoke / "runs").rglob("*") if p.is_file()}
+    proc = run_study(smoke)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = {p: p.stat().st_mtime_ns for p in (smoke / "runs").rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_killed_study_resumes_without_recomputing_and_matches_an_uninterrupted_one(smoke, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, *SMOKE, "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    runs = out / "runs"
+    while time.monotonic() < deadline and len(list(runs.rglob("measure-*.csv"))) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and its workers, mid-way
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in runs.rglob("measure-*.csv")}
+    assert 3 <= len(finished) < 16, "the study must be killed part-way through its 16 runs"
+    assert not (out / "memory_decay.html").exists()
+
+    resumed = run_study(out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    pd.testing.assert_frame_equal(
+        comparable(pd.read_csv(out / "memory_decay_data.csv")), comparable(pd.read_csv(smoke / "memory_decay_data.csv"))
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(out / "memory_decay_tests.csv"), pd.read_csv(smoke / "memory_decay_tests.csv"))
+
+
+def test_bad_arguments_exit_with_a_clear_error(tmp_path):
+    proc = run_study(tmp_path, "--placements", "zaremba", "bogus")
+    assert proc.returncode == 2
+    assert "unknown placement 'bogus'" in proc.stderr and "valid names" in proc.stderr
+    proc = run_study(tmp_path, "--reference", "naive", "--placements", "zaremba", "none")
+    assert proc.returncode == 2 and "reference placement" in proc.stderr
