@@ -84,7 +84,12 @@ def load_cached(runs_dir: str | Path, cell: Cell) -> CellResult | None:
     mpath = _measure_path(runs_dir, cell)
     if not mpath.exists():
         return None
-    return CellResult(cell, "finished", result, pd.read_csv(mpath, keep_default_na=False, na_values=[""]), cached=True)
+    return CellResult(cell, "finished", result, _read_measurements(mpath), cached=True)
+
+
+def _read_measurements(path: Path) -> pd.DataFrame:
+    # Only empty fields are missing values: a placement or mode is never parsed as NaN.
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 _CORPORA: dict[tuple, Corpus] = {}
@@ -113,7 +118,7 @@ def run_cell(cell: Cell, runs_dir: str | Path, measure_fn: MeasureFn | None, dat
     table = measure_fn(result.model, corpus, cell.measure, cell.ids())
     atomic_write_bytes(_measure_path(runs_dir, cell), table.to_csv(index=False).encode())
     # Read back what was written so fresh and cached cells give identical tables.
-    return CellResult(cell, "finished", summary, pd.read_csv(_measure_path(runs_dir, cell)), cached=False)
+    return CellResult(cell, "finished", summary, _read_measurements(_measure_path(runs_dir, cell)), cached=False)
 
 
 def _run_cell_safely(cell, runs_dir, measure_fn, data_dir, threads) -> CellResult:
