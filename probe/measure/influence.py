@@ -1,0 +1,130 @@
+"""Counterfactual influence of the token at lag k on the state and prediction at t.
+
+For a window x[t-K..t] the token x_{t-k} is replaced by another token drawn
+from the training text's unigram distribution (never the token itself), and
+the model reads the original and all K counterfactual copies as one batch:
+
+    influence_kl      KL(p(. | x_{<=t}) || p(. | x'_{<=t}))   (nats, the prediction made at t)
+    influence_hidden  ||h_t - h'_t|| / ||h_t||                 (per layer; the top layer is layers-1)
+
+averaged over windows. Lag k = 1 is the token before x_t (x_t itself would
+be lag 0). Windows start from the state carried over the held-out stream up
+to t-K-1 (``carry_state=False``: from a zero state).
+
+Two modes, on the same windows and the same replacement tokens:
+- ``eval``: evaluation masks (the identity for dropout; zoneout's expectation);
+- ``train``: one draw of the placement's training masks per window, shared
+  exactly by the original and its K copies, so every difference comes from
+  the replaced token: the memory the model has while dropout is active.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import pandas as pd
+
+from probe.model import LanguageModel
+
+from . import tidy
+from .checks import check_lag, check_model, check_stream, cpu_generator, eval_mode
+from .config import MeasureConfig
+from .curves import with_summaries
+from .stream import Layout, gather_windows, repeat_masks, repeat_state, start_states
+
+CURVES = ("influence_kl", "influence_hidden")
+
+
+def sample_replacements(windows: torch.Tensor, unigram: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For windows (K+1, M), a token for every lag 1..K of every window, differing from the original: (K, M).
+
+    Row k-1 replaces window row K-k (the token at t-k). Draws come from the
+    unigram distribution; draws equal to the original are redrawn, which
+    samples the unigram distribution conditioned on being a different token.
+    """
+    K = windows.shape[0] - 1
+    probs = unigram.double().cpu()
+    if int((probs > 0).sum()) < 2:
+        raise ValueError("counterfactual tokens need a unigram distribution with at least two tokens of positive count")
+    original = windows.cpu().flip(0)[1:]  # row k-1 holds x_{t-k}
+    draws = torch.multinomial(probs, original.numel(), replacement=True, generator=generator).view_as(original)
+    for _ in range(1000):
+        same = draws == original
+        if not bool(same.any()):
+            return draws
+        draws[same] = torch.multinomial(probs, int(same.sum()), replacement=True, generator=generator)
+    raise ValueError("could not draw counterfactual tokens different from the originals (is one token ~all the mass?)")
+
+
+def influence(
+    model: LanguageModel,
+    stream: torch.Tensor,
+    unigram: torch.Tensor,
+    config: MeasureConfig = MeasureConfig(),
+    ids: dict | None = None,
+) -> pd.DataFrame:
+    """Influence curves for lags 1..config.max_lag in each of ``config.influence_modes``, with summaries.
+
+    ``unigram``: counts (or probabilities) of each token id in the training text.
+    """
+    model = check_model(model)
+    stream = check_stream(stream, model)
+    if unigram.numel() != model.config.vocab_size:
+        raise ValueError(
+            f"unigram must have one entry per vocabulary id ({model.config.vocab_size}); got {unigram.numel()}"
+        )
+    K = config.max_lag
+    layout = Layout(stream.numel(), config.stream_batch)
+    check_lag(K, layout.rows, layout.batch, stream.numel(), 3, "influence")
+    # The same windows as gradient_sensitivity when the window counts agree.
+    ends = layout.sample(config.influence_windows, K + 1, cpu_generator(config.seed, 1), min_future=1)
+    windows = gather_windows(stream, ends, K + 1)  # (K+1, M)
+    replacements = sample_replacements(windows, unigram, cpu_generator(config.seed, 2))
+    with eval_mode(model):
+        init = start_states(model, stream, layout, ends - K, config.carry_state, config.chunk_tokens)
+        rows = []
+        for mode in config.influence_modes:
+            kl, dist = _influence(model, windows, replacements, init, mode == "train", config)
+            rows += [tidy.row("influence_kl", "lag", k, kl[k - 1], mode=mode) for k in range(1, K + 1)]
+            for layer in range(dist.shape[0]):
+                rows += [
+                    tidy.row("influence_hidden", "lag", k, dist[layer, k - 1], layer=layer, mode=mode)
+                    for k in range(1, K + 1)
+                ]
+    return with_summaries(tidy.frame(rows, ids), CURVES)
+
+
+@torch.no_grad()
+def _influence(model, windows, replacements, init, training: bool, config: MeasureConfig):
+    """Mean KL (K,) and mean relative hidden distance (layers, K) over windows."""
+    T, M = windows.shape
+    K = T - 1
+    copies = K + 1
+    device = windows.device
+    mask_gen = torch.Generator(device=device)
+    mask_gen.manual_seed(config.seed * 1_000_003 + 3)
+    per_chunk = max(1, config.chunk_tokens // (T * copies))
+    kl_sum = torch.zeros(K, dtype=torch.float64, device=device)
+    dist_sum = torch.zeros(len(model.layers), K, dtype=torch.float64, device=device)
+    lag_rows = K - torch.arange(1, K + 1, device=device)  # the window row of lag k is K - k
+    for lo in range(0, M, per_chunk):
+        hi = min(lo + per_chunk, M)
+        m = hi - lo
+        # Batch row j*(K+1) is window j's original; row j*(K+1) + k replaces its lag-k token.
+        batch = windows[:, lo:hi].repeat_interleave(copies, dim=1).view(T, m, copies).clone()
+        batch[lag_rows, :, torch.arange(1, copies, device=device)] = replacements[:, lo:hi].to(device)
+        batch = batch.view(T, m * copies)
+        state = [(h[lo:hi], c[lo:hi]) for h, c in init]
+        masks = model.sample_masks(T, m, mask_gen, training=training)
+        logits, _, hidden = model(
+            batch, repeat_state(state, copies), masks=repeat_masks(masks, copies), return_hidden=True
+        )
+        logp = F.log_softmax(logits[-1].float(), dim=-1).view(m, copies, -1)
+        orig, cf = logp[:, :1], logp[:, 1:]
+        kl = (orig.exp() * (orig - cf)).sum(-1)  # (m, K)
+        kl_sum += kl.sum(0).double()
+        for layer, hs in enumerate(hidden):
+            h = hs[-1].float().view(m, copies, -1)
+            norm = h[:, :1].norm(dim=-1).clamp_min(1e-12)
+            dist_sum[layer] += ((h[:, 1:] - h[:, :1]).norm(dim=-1) / norm).sum(0).double()
+    return (kl_sum / M).cpu().numpy(), (dist_sum / M).cpu().numpy()
