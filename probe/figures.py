@@ -191,6 +191,14 @@ CURVES: tuple[CurveSpec, ...] = (
         "lag k (tokens)", "KL divergence (nats)", log_y=True, sharey=True,
     ),
     CurveSpec(
+        "retained", "Influence that survives the training masks",
+        "Training-mode influence divided by the same model's evaluation-mode influence, by lag k: the share of "
+        "its memory a model keeps while its dropout masks are on (1: none lost). Lags where the evaluation-mode "
+        "influence is numerically zero are left out. " + _BANDS,
+        (Panel("influence_kl_retained"),),
+        "lag k (tokens)", "retained share of influence", required=False,
+    ),
+    CurveSpec(
         "hidden_distance", "Distance moved by the hidden state",
         "How far h_t moves (L2 norm) when the token at t−k is replaced, by lag k. " + _BANDS,
         (Panel("influence_hidden"), Panel("hidden_distance_eval", "Evaluation mode"),

@@ -153,6 +153,16 @@ def test_naive_recurrent_masks_erase_the_delay_line_while_zaremba_masks_do_not()
     assert abs(scalar(zaremba, "influence_hidden_train_decay_rate", "train")) < 0.1
 
 
+def test_retained_influence_is_the_share_of_eval_influence_left_under_training_masks():
+    stream = tokens(2)
+    naive = influence(delay_line(placement="naive"), stream, torch.ones(2), DELAY_CONFIG)
+    none = influence(delay_line(placement="none"), stream, torch.ones(2), DELAY_CONFIG)
+    ratio = curve(naive, "influence_kl_retained", "train")
+    assert ratio == pytest.approx(curve(naive, "influence_kl", "train") / curve(naive, "influence_kl"))
+    assert (ratio[3:] < 0.5).all()  # the delay line's memory runs through h: naive masks erase it
+    assert curve(none, "influence_kl_retained", "train") == pytest.approx(1.0)  # no masks, nothing lost
+
+
 def test_train_mode_masks_are_identical_for_original_and_counterfactual_copies():
     # Replacing every token by itself must change nothing, under any masks, iff the copies share masks.
     model = delay_line(placement="naive")

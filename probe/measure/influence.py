@@ -83,15 +83,36 @@ def influence(
     with eval_mode(model):
         init = start_states(model, stream, layout, ends - K, config.carry_state, config.chunk_tokens)
         rows = []
+        kl_of = {}
         for mode in config.influence_modes:
             kl, dist = _influence(model, windows, replacements, init, mode == "train", config)
+            kl_of[mode] = kl
             rows += [tidy.row("influence_kl", "lag", k, kl[k - 1], mode=mode) for k in range(1, K + 1)]
             for layer in range(dist.shape[0]):
                 rows += [
                     tidy.row("influence_hidden", "lag", k, dist[layer, k - 1], layer=layer, mode=mode)
                     for k in range(1, K + 1)
                 ]
+        if {"eval", "train"} <= set(kl_of):
+            rows += _retained(kl_of["train"], kl_of["eval"])
     return with_summaries(tidy.frame(rows, ids), CURVES)
+
+
+# Below this many nats the eval-mode influence is numerically zero and a ratio means nothing.
+_RETAINED_FLOOR = 1e-6
+
+
+def _retained(kl_train, kl_eval) -> list[dict]:
+    """Fraction of a model's own eval-mode influence that survives its training masks, per lag.
+
+    The training-mode curve alone mixes two things: how much memory the
+    trained weights have, and how much of it the masks erase. Dividing by the
+    same model's eval-mode curve keeps only the second (1 = no amnesia).
+    """
+    return [
+        tidy.row("influence_kl_retained", "lag", k, (t / e) if e > _RETAINED_FLOOR else float("nan"), mode="train")
+        for k, (t, e) in enumerate(zip(kl_train.tolist(), kl_eval.tolist()), start=1)
+    ]
 
 
 @torch.no_grad()
