@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Corpus, load_corpus
-from .train import RunConfig, atomic_write_bytes, train
+from .files import write_atomic
+from .train import RunConfig, train
 
 MeasureFn = Callable[[Any, Corpus, Any, dict], pd.DataFrame]
 
@@ -116,7 +117,7 @@ def run_cell(cell: Cell, runs_dir: str | Path, measure_fn: MeasureFn | None, dat
     if result.status != "finished" or cell.measure is None or measure_fn is None:
         return CellResult(cell, result.status, summary, None, cached=False)
     table = measure_fn(result.model, corpus, cell.measure, cell.ids())
-    atomic_write_bytes(_measure_path(runs_dir, cell), table.to_csv(index=False).encode())
+    write_atomic(_measure_path(runs_dir, cell), table.to_csv(index=False))
     # Read back what was written so fresh and cached cells give identical tables.
     return CellResult(cell, "finished", summary, _read_measurements(_measure_path(runs_dir, cell)), cached=False)
 

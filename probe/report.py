@@ -18,10 +18,8 @@ import base64
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from probe import stats
+from probe.files import write_atomic
 from probe.figures import Figure, ordered_placements, placement_styles
 from probe.placements import Placement, PlacementError, describe, parse_placement
 
@@ -44,24 +43,6 @@ ENV = jinja2.Environment(
 ENV.filters.update(fmt=stats.fmt, fmt_p=stats.fmt_p, fixed=stats.fmt_fixed)
 
 PERPLEXITY = ("valid_ppl", "test_ppl")
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def data_uri(text: str, mime: str = "text/csv") -> str:

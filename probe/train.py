@@ -22,7 +22,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import Corpus, batchify, bptt_windows, load_corpus
+from .files import write_atomic, write_json_atomic
 from .model import LanguageModel, ModelConfig, detach_state
 from .placements import parse_placement
 
@@ -197,25 +197,6 @@ def _set_rng_states(states: dict, mask_gen: torch.Generator) -> None:
     np.random.set_state(states["numpy"])
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
 def _save_checkpoint(path: Path, model, mask_gen, epoch: int, epochs: list[dict], config: RunConfig) -> None:
     import io
 
@@ -230,7 +211,7 @@ def _save_checkpoint(path: Path, model, mask_gen, epoch: int, epochs: list[dict]
         },
         buf,
     )
-    atomic_write_bytes(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 # --- training -------------------------------------------------------------
@@ -280,7 +261,7 @@ def train(
         run_path.mkdir(parents=True, exist_ok=True)
         ckpt_path = run_path / "checkpoint.pt"
         _check_same_config(run_path, config)
-        atomic_write_json(run_path / "config.json", dataclasses.asdict(config) | {"run_id": config.run_id()})
+        write_json_atomic(run_path / "config.json", dataclasses.asdict(config) | {"run_id": config.run_id()})
         if ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
             model.load_state_dict(ckpt["model"])
@@ -319,7 +300,7 @@ def train(
             break
         if run_path is not None:
             _save_checkpoint(run_path / "checkpoint.pt", model, mask_gen, epoch, epochs, config)
-            atomic_write_json(run_path / "metrics.json", epochs)
+            write_json_atomic(run_path / "metrics.json", epochs)
 
     result = RunResult(config, status, epochs, run_dir=str(run_path) if run_path else None, model=model)
     result.seconds = sum(e["seconds"] for e in epochs)
@@ -327,7 +308,7 @@ def train(
         result.valid_ppl = epochs[-1]["valid_ppl"] if epochs else _ppl(evaluate(model, valid_data, config.bptt))
         result.test_ppl = _ppl(evaluate(model, test_data, config.bptt))
     if run_path is not None:
-        atomic_write_json(run_path / "result.json", result.to_json() | {"wall_seconds": time.perf_counter() - t_start})
+        write_json_atomic(run_path / "result.json", result.to_json() | {"wall_seconds": time.perf_counter() - t_start})
     return result
 
 

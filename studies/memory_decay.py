@@ -70,26 +70,49 @@ class StudyPreset:
     metrics: tuple[stats.Metric, ...] = field(default_factory=tuple)
 
 
-def _metrics(lag_short: int, lag_long: int) -> tuple[stats.Metric, ...]:
-    return (
-        stats.Metric("influence_kl", x=lag_long, mode="train",
-                     label=f"training-mode influence at lag {lag_long}", unit="nats"),
+def _metrics(lag_short: int, lag_long: int, recall_lag: int | None = None) -> tuple[stats.Metric, ...]:
+    """The tested metrics: memory under training masks first (the question), then memory and perplexity."""
+    metrics = [
+        stats.Metric("influence_kl_retained", x=lag_short, mode="train", higher_is_better=True,
+                     label=f"share of lag-{lag_short} influence kept under training masks"),
         stats.Metric("influence_kl", x=lag_short, mode="train",
                      label=f"training-mode influence at lag {lag_short}", unit="nats"),
+        stats.Metric("influence_kl", x=lag_short, mode="eval",
+                     label=f"evaluation-mode influence at lag {lag_short}", unit="nats"),
         stats.Metric("influence_kl", x=lag_long, mode="eval",
                      label=f"evaluation-mode influence at lag {lag_long}", unit="nats"),
         stats.Metric("probe_bits", x=lag_short, mode="eval",
                      label=f"probe information about the token {lag_short} back (top layer)", unit="bits"),
+    ]
+    if recall_lag is not None:
+        metrics.append(stats.Metric("recall_accuracy", x=recall_lag, higher_is_better=True,
+                                    label=f"recall accuracy of planted copies at lag {recall_lag}"))
+    metrics += [
         stats.Metric("valid_ppl", label="validation perplexity"),
         stats.Metric("test_ppl", label="test perplexity"),
         stats.Metric("effective_context", mode="eval", label="effective context", unit="tokens"),
-    )
+    ]
+    return tuple(metrics)
+
+
+# Small models: every placement drops at one rate, so placements differ only in where the masks go.
+# (The registry's defaults are the papers' rates for 650-1500-unit models; 0.5 smothers a 64-unit one.)
+EQUAL_RATE_PLACEMENTS = (
+    "none",
+    "zaremba:p=0.25",
+    "naive:p=0.25,rec=0.25",
+    "variational:p=0.25,rec=0.25",
+    "semeniuta:p=0.25,rec=0.25",
+    "zoneout:p=0.25,zc=0.25,zh=0.025",
+    "weight_drop:p=0.25,w=0.25",
+    "rnndrop:p=0.25,cell=0.25",
+)
 
 
 # A synthetic language with copies planted at known lags (probe.synthetic):
 # local Markov structure plus tokens that repeat the one k steps back.
 _SYNTHETIC_SMOKE = "synthetic:train=8000,valid=3000,test=2000,lags=2+5+10"
-_SYNTHETIC_DEFAULT = "synthetic:train=60000,valid=6000,test=6000,lags=2+5+10+20+40"
+_SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=60000,valid=12000,test=6000,lags=3+8+20"
 
 _TINY_RUN = dict(num_layers=2, hidden_size=64, emb_size=64, batch_size=20, bptt=35,
                  lr=10.0, lr_decay=2.0, init_scale=0.2, clip=5.0)
@@ -110,30 +133,35 @@ PRESETS: dict[str, StudyPreset] = {
                 ),
             ),
             seeds=2,
-            metrics=_metrics(2, 5),
+            placements=EQUAL_RATE_PLACEMENTS,
+            metrics=_metrics(2, 5, recall_lag=2),
         ),
         StudyPreset(
             "default",
-            "all placements, 5 seeds: the synthetic corpus, plus Tiny Shakespeare (characters) when found",
+            "all placements at one drop rate (0.25), 5 seeds: a synthetic language with copies planted 3, 8 "
+            "and 20 tokens back, plus Tiny Shakespeare (characters) when found",
             (
                 CorpusPlan(
                     _SYNTHETIC_DEFAULT,
                     dict(_TINY_RUN, epochs=8, decay_after=5),
-                    MeasureConfig(max_lag=40, max_tokens=6000, influence_windows=192, gradient_windows=96,
-                                  probe_positions=2000, probe_steps=60, context_lengths=(1, 2, 5, 10, 20, 50, 100),
-                                  context_targets=300, position_windows=96),
+                    MeasureConfig(max_lag=30, max_tokens=12_000, influence_windows=192, gradient_windows=96,
+                                  probe_positions=8000, probe_steps=60, probe_cell=False,
+                                  context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
+                                  position_windows=96),
                 ),
                 CorpusPlan(
                     "tinyshakespeare",
                     dict(_TINY_RUN, epochs=3, decay_after=2, train_tokens=200_000),
-                    MeasureConfig(max_lag=40, max_tokens=6000, influence_windows=192, gradient_windows=96,
-                                  probe_positions=2000, probe_steps=60, context_lengths=(1, 2, 5, 10, 20, 50, 100),
-                                  context_targets=300, position_windows=96),
+                    MeasureConfig(max_lag=30, max_tokens=12_000, influence_windows=192, gradient_windows=96,
+                                  probe_positions=8000, probe_steps=60, probe_cell=False,
+                                  context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
+                                  position_windows=96),
                     optional=True,
                 ),
             ),
             seeds=5,
-            metrics=_metrics(5, 20),
+            placements=EQUAL_RATE_PLACEMENTS,
+            metrics=_metrics(2, 10, recall_lag=3),
         ),
         StudyPreset(
             "paper",
@@ -235,12 +263,21 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
     )
 
 
+def resolve_reference(reference: str, placements: list[str]) -> str:
+    """The placement spec the others are tested against: an exact spec, or a name that one spec has."""
+    spec = parse_placement(reference).spec
+    if spec in placements:
+        return spec
+    same_name = [p for p in placements if parse_placement(p).name == parse_placement(reference).name]
+    if ":" not in reference and len(same_name) == 1:
+        return same_name[0]
+    raise PlacementError(f"reference placement {reference!r} is not among the placements: {', '.join(placements)}")
+
+
 def run_study(args) -> list[Path]:
     study = PRESETS[args.preset]
     placements = [parse_placement(p).spec for p in (args.placements or study.placements)]
-    reference = parse_placement(args.reference).spec
-    if reference not in placements:
-        raise PlacementError(f"reference placement {args.reference!r} is not among the placements: {', '.join(placements)}")
+    reference = resolve_reference(args.reference, placements)
     seeds = list(range(args.seeds if args.seeds is not None else study.seeds))
     plans = list(study.corpora)
     if args.corpus:

@@ -42,7 +42,6 @@ def sample_replacements(windows: torch.Tensor, unigram: torch.Tensor, generator:
     unigram distribution; draws equal to the original are redrawn, which
     samples the unigram distribution conditioned on being a different token.
     """
-    K = windows.shape[0] - 1
     probs = unigram.double().cpu()
     if int((probs > 0).sum()) < 2:
         raise ValueError("counterfactual tokens need a unigram distribution with at least two tokens of positive count")
