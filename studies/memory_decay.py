@@ -138,7 +138,7 @@ PRESETS: dict[str, StudyPreset] = {
         ),
         StudyPreset(
             "default",
-            "all placements at one drop rate (0.25), 5 seeds: a synthetic language with copies planted 3, 8 "
+            "all placements at one drop rate (0.25), 6 seeds: a synthetic language with copies planted 3, 8 "
             "and 20 tokens back, plus Tiny Shakespeare (characters) when found",
             (
                 CorpusPlan(
@@ -159,13 +159,16 @@ PRESETS: dict[str, StudyPreset] = {
                     optional=True,
                 ),
             ),
-            seeds=5,
+            # Six, not five: with 7 placements tested against the reference, Holm's correction
+            # multiplies the smallest exact permutation p-value of 5 vs 5 seeds (0.0079) past 0.05;
+            # at 6 vs 6 it is 7 x 0.0022 = 0.015 (probe.stats.seeds_needed(7) == 6).
+            seeds=6,
             placements=EQUAL_RATE_PLACEMENTS,
             metrics=_metrics(2, 10, recall_lag=3),
         ),
         StudyPreset(
             "paper",
-            "Zaremba et al.'s medium model on PTB, every placement, 5 seeds: meant for a GPU",
+            "Zaremba et al.'s medium model on PTB, every placement at its papers' rates, 6 seeds: meant for a GPU",
             (
                 CorpusPlan(
                     "ptb",
@@ -174,7 +177,7 @@ PRESETS: dict[str, StudyPreset] = {
                     base="medium",
                 ),
             ),
-            seeds=5,
+            seeds=6,
             metrics=_metrics(10, 50),
         ),
     )
