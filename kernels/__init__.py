@@ -5,6 +5,6 @@
 
 from .contract import MASK_NAMES, RecurrentMasks, check_inputs
 from .gemm import linear
-from .layer import BACKENDS, lstm_layer
+from .layer import BACKENDS, lstm_layer, lstm_layer_from_input
 
-__all__ = ["BACKENDS", "MASK_NAMES", "RecurrentMasks", "check_inputs", "linear", "lstm_layer"]
+__all__ = ["BACKENDS", "MASK_NAMES", "RecurrentMasks", "check_inputs", "linear", "lstm_layer", "lstm_layer_from_input"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .contract import RecurrentMasks, check_inputs
-from .reference import lstm_layer_reference
+from .gemm import linear
+from .reference import lstm_layer_projected_reference, lstm_layer_reference
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -45,6 +46,48 @@ def lstm_layer(
     from .triton_lstm import lstm_layer_triton
 
     return lstm_layer_triton(gx, h0, c0, w_hh, masks)
+
+
+def lstm_layer_from_input(
+    x: torch.Tensor,
+    w_ih: torch.Tensor,
+    bias: torch.Tensor | None,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    w_hh: torch.Tensor,
+    *,
+    recurrent: torch.Tensor | None = None,
+    cell_update: torch.Tensor | None = None,
+    cell: torch.Tensor | None = None,
+    zoneout_h: torch.Tensor | None = None,
+    zoneout_c: torch.Tensor | None = None,
+    backend: str = "auto",
+):
+    """``lstm_layer`` on gx = x @ w_ih.T + bias, computed from the layer's input x (T, B, I).
+
+    The same function as ``lstm_layer(kernels.linear(x, w_ih, bias), ...)``;
+    the reference backend fuses the projection into its autograd Function
+    (one transpose of dZ serves both weight gradients), which is what a
+    model trains with on the CPU.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be (T, B, I); got shape {tuple(x.shape)}")
+    if w_ih.dim() != 2 or w_ih.shape[1] != x.shape[2] or w_ih.shape[0] % 4 != 0:
+        raise ValueError(f"w_ih must be (4H, I) with I = {x.shape[2]}; got shape {tuple(w_ih.shape)}")
+    if bias is not None and tuple(bias.shape) != (w_ih.shape[0],):
+        raise ValueError(f"bias must be (4H,) = ({w_ih.shape[0]},); got shape {tuple(bias.shape)}")
+    for name, t in (("w_ih", w_ih), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"{name} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}")
+    masks = RecurrentMasks(recurrent, cell_update, cell, zoneout_h, zoneout_c)
+    T, B, _ = x.shape
+    gx_like = x.new_empty(1, 1, 1).expand(T, B, w_ih.shape[0])  # shape, dtype and device, no memory
+    check_inputs(gx_like, h0, c0, w_hh, masks)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if backend == "reference" or (backend == "auto" and not (x.is_cuda and _triton_usable())):
+        return lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks)
+    return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, **masks._asdict(), backend=backend)
 
 
 def _triton_usable() -> bool:

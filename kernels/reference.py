@@ -23,7 +23,7 @@ import torch
 from .contract import RecurrentMasks
 from .gemm import PackedWeight, mm_t
 
-__all__ = ["lstm_step", "lstm_layer_loop", "lstm_layer_reference"]
+__all__ = ["lstm_step", "lstm_layer_loop", "lstm_layer_reference", "lstm_layer_projected_reference"]
 
 
 def lstm_step(gx_t, h, c, w_hh, m: RecurrentMasks):
@@ -67,125 +67,189 @@ def _gates(gates: torch.Tensor, H: int):
     return gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
 
 
-class _MaskedLSTM(torch.autograd.Function):
-    """Forward saves activated gates, cell states and tanh(c); backward reads only those.
+def _doubled_g(H4: int, like: torch.Tensor) -> torch.Tensor:
+    """(4H, 1) factors: 2 on the g rows, 1 elsewhere (tanh(x) = 2 sigmoid(2x) - 1)."""
+    d = torch.ones(H4, 1, dtype=like.dtype, device=like.device)
+    d[H4 // 2 : 3 * H4 // 4] = 2
+    return d
+
+
+def _forward_loop(gates, h0, c0, w_hh, masks):
+    """Run the recurrence over pre-activations whose g block is already doubled.
+
+    ``gates`` (T, B, 4H) is activated in place (i, f, g, o). Returns hs,
+    cs (T+1: the cell entering each step, then c_T) and tanh of each new cell.
 
     Per-step work is a handful of elementwise ops on (B, H) tensors, so the
     Python overhead of each op matters at small H: views are made once per
     sequence (``unbind``), results are written in place with ``out=``, and
     tanh(g) is computed as 2 * sigmoid(2g) - 1 so that one sigmoid call
-    activates all four gates (the g columns of W_hh and gx are doubled once
-    per sequence, outside the loop).
+    activates all four gates.
     """
+    T, B, H4 = gates.shape
+    H = H4 // 4
+    w = PackedWeight(w_hh * _doubled_g(H4, w_hh), B)
+    cs = gates.new_empty(T + 1, B, H)
+    tcs = gates.new_empty(T, B, H)
+    hs = gates.new_empty(T, B, H)
+    cs[0] = c0
+    gates_t, tcs_t, hs_t, cs_t = gates.unbind(0), tcs.unbind(0), hs.unbind(0), cs.unbind(0)
+    rec_t, cu_t, cell_t, zh_t, zc_t = (_per_step(m, T) for m in masks)
+    h = h0
+    for t in range(T):
+        z = gates_t[t]
+        z.add_(w(h if rec_t is None else h * rec_t[t])).sigmoid_()
+        i, f, g, o = _gates(z, H)
+        g.mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
+        ig = i * g if cu_t is None else i * g * cu_t[t]
+        c_prev = cs_t[t]
+        c_new = cs_t[t + 1] if zc_t is None else torch.empty_like(c_prev)
+        torch.addcmul(ig, f, c_prev, out=c_new)
+        if cell_t is not None:
+            c_new.mul_(cell_t[t])
+        tc = torch.tanh(c_new, out=tcs_t[t])
+        if zc_t is not None:
+            torch.lerp(c_new, c_prev, zc_t[t], out=cs_t[t + 1])
+        if zh_t is None:
+            h = torch.mul(o, tc, out=hs_t[t])
+        else:
+            h = torch.lerp(o * tc, h, zh_t[t], out=hs_t[t])
+    return hs, cs, tcs
+
+
+def _backward_loop(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks):
+    """dZ (the gradient of the pre-activations, for every step), dh0, dc0 and the masked h_{t-1}."""
+    rec, cu, cell, zh, zc = masks
+    T, B, H4 = gates.shape
+    H = H4 // 4
+    i, f, g, o = _gates(gates, H)
+
+    # Per-step coefficients for all steps at once (derivation in
+    # docs/recurrence.md). With dh the total gradient reaching h_t and
+    # dc the gradient reaching c_t:
+    #   dc_new = A * dc + dh * Bc
+    #   dz_o   = dh * Do
+    #   dz_ifg = dc_new * K                       (K holds three blocks)
+    #   dc    <- dc_new * f + zc * dc
+    #   dh    <- (dz @ W_hh) * rec + zh * dh
+    Do = tcs * o * (1 - o)
+    Bc = o * (1 - tcs * tcs)
+    if zh is not None:
+        Do.mul_(1 - zh)
+        Bc.mul_(1 - zh)
+    if cell is not None:
+        Bc.mul_(cell)
+    A = None if zc is None else 1 - zc
+    if cell is not None:
+        A = cell if A is None else A * cell
+    K = torch.empty(T, B, 3, H, dtype=gates.dtype, device=gates.device)
+    torch.mul(g if cu is None else g * cu, i * (1 - i), out=K[:, :, 0])
+    torch.mul(cs[:-1], f * (1 - f), out=K[:, :, 1])
+    torch.mul(i, 1 - g * g, out=K[:, :, 2])
+    if cu is not None:
+        K[:, :, 2].mul_(cu)
+
+    dZ = torch.empty_like(gates)
+    dz_o_t = dZ[..., 3 * H :].unbind(0)
+    dz_ifg_t = dZ[..., : 3 * H].view(T, B, 3, H).unbind(0)
+    Do_t, Bc_t, K_t, f_t, d_hs_t = Do.unbind(0), Bc.unbind(0), K.unbind(0), f.unbind(0), d_hs.unbind(0)
+    A_t, zc_t, zh_t, rec_t = (_per_step(m, T) for m in (A, zc, zh, rec))
+    w_t = PackedWeight(w_hh.t(), B)
+    dh = d_hT + d_hs_t[T - 1]
+    dc = d_cT
+    for t in range(T - 1, -1, -1):
+        dc_new = dh * Bc_t[t]
+        if A_t is None:
+            dc_new.add_(dc)
+        else:
+            dc_new.addcmul_(A_t[t], dc)
+        torch.mul(dh, Do_t[t], out=dz_o_t[t])
+        torch.mul(dc_new.unsqueeze(1), K_t[t], out=dz_ifg_t[t])
+        if zc_t is None:
+            dc = dc_new.mul_(f_t[t])
+        else:
+            dc = torch.addcmul(dc_new * f_t[t], zc_t[t], dc)
+        dh_prev = w_t(dZ[t])
+        if rec_t is not None:
+            dh_prev.mul_(rec_t[t])
+        if zh_t is not None:
+            dh_prev.addcmul_(zh_t[t], dh)
+        if t > 0:
+            dh_prev.add_(d_hs_t[t - 1])
+        dh = dh_prev
+    h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])
+    if rec is not None:
+        h_prev = h_prev * rec
+    return dZ, dh, dc, h_prev
+
+
+class _MaskedLSTM(torch.autograd.Function):
+    """The recurrence from gx; forward saves activated gates, cell states and tanh(c)."""
 
     @staticmethod
-    def forward(ctx, gx, h0, c0, w_hh, rec, cu, cell, zh, zc):
-        T, B, H4 = gx.shape
-        H = H4 // 4
-        doubled_g = torch.ones(H4, 1, dtype=gx.dtype, device=gx.device)
-        doubled_g[2 * H : 3 * H] = 2
-        w = PackedWeight(w_hh * doubled_g, B)
-        gates = gx * doubled_g.view(H4)  # pre-activations, activated in place below
-        cs = gx.new_empty(T + 1, B, H)  # cell state entering each step, then c_T
-        tcs = gx.new_empty(T, B, H)  # tanh of the (masked) new cell
-        hs = gx.new_empty(T, B, H)
-        cs[0] = c0
-        gates_t, tcs_t, hs_t, cs_t = gates.unbind(0), tcs.unbind(0), hs.unbind(0), cs.unbind(0)
-        rec_t, cu_t, cell_t, zh_t, zc_t = (_per_step(m, T) for m in (rec, cu, cell, zh, zc))
-        h = h0
-        for t in range(T):
-            z = gates_t[t]
-            z.add_(w(h if rec_t is None else h * rec_t[t])).sigmoid_()
-            i, f, g, o = _gates(z, H)
-            g.mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
-            ig = i * g if cu_t is None else i * g * cu_t[t]
-            c_prev = cs_t[t]
-            c_new = cs_t[t + 1] if zc_t is None else torch.empty_like(c_prev)
-            torch.addcmul(ig, f, c_prev, out=c_new)
-            if cell_t is not None:
-                c_new.mul_(cell_t[t])
-            tc = torch.tanh(c_new, out=tcs_t[t])
-            if zc_t is not None:
-                torch.lerp(c_new, c_prev, zc_t[t], out=cs_t[t + 1])
-            if zh_t is None:
-                h = torch.mul(o, tc, out=hs_t[t])
-            else:
-                h = torch.lerp(o * tc, h, zh_t[t], out=hs_t[t])
-        ctx.save_for_backward(h0, w_hh, gates, cs, tcs, hs, rec, cu, cell, zh, zc)
+    def forward(ctx, gx, h0, c0, w_hh, *masks):
+        gates = gx * _doubled_g(gx.shape[-1], gx).view(-1)  # pre-activations, activated in place
+        hs, cs, tcs = _forward_loop(gates, h0, c0, w_hh, masks)
+        ctx.save_for_backward(h0, w_hh, gates, cs, tcs, hs, *masks)
         return hs, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     def backward(ctx, d_hs, d_hT, d_cT):
-        h0, w_hh, gates, cs, tcs, hs, rec, cu, cell, zh, zc = ctx.saved_tensors
+        h0, w_hh, gates, cs, tcs, hs, *masks = ctx.saved_tensors
+        dZ, dh0, dc0, h_prev = _backward_loop(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
         T, B, H4 = gates.shape
-        H = H4 // 4
-        i, f, g, o = _gates(gates, H)
-
-        # Per-step coefficients for all steps at once (derivation in
-        # docs/recurrence.md). With dh the total gradient reaching h_t and
-        # dc the gradient reaching c_t:
-        #   dc_new = A * dc + dh * Bc
-        #   dz_o   = dh * Do
-        #   dz_ifg = dc_new * K                       (K holds three blocks)
-        #   dc    <- dc_new * f + zc * dc
-        #   dh    <- (dz @ W_hh) * rec + zh * dh
-        Do = tcs * o * (1 - o)
-        Bc = o * (1 - tcs * tcs)
-        if zh is not None:
-            Do.mul_(1 - zh)
-            Bc.mul_(1 - zh)
-        if cell is not None:
-            Bc.mul_(cell)
-        A = None if zc is None else 1 - zc
-        if cell is not None:
-            A = cell if A is None else A * cell
-        K = torch.empty(T, B, 3, H, dtype=gates.dtype, device=gates.device)
-        torch.mul(g if cu is None else g * cu, i * (1 - i), out=K[:, :, 0])
-        torch.mul(cs[:-1], f * (1 - f), out=K[:, :, 1])
-        torch.mul(i, 1 - g * g, out=K[:, :, 2])
-        if cu is not None:
-            K[:, :, 2].mul_(cu)
-
-        dZ = torch.empty_like(gates)
-        dz_o_t = dZ[..., 3 * H :].unbind(0)
-        dz_ifg_t = dZ[..., : 3 * H].view(T, B, 3, H).unbind(0)
-        Do_t, Bc_t, K_t, f_t, d_hs_t = Do.unbind(0), Bc.unbind(0), K.unbind(0), f.unbind(0), d_hs.unbind(0)
-        A_t, zc_t, zh_t, rec_t = (_per_step(m, T) for m in (A, zc, zh, rec))
-        w_t = PackedWeight(w_hh.t(), B)
-        dh = d_hT + d_hs_t[T - 1]
-        dc = d_cT
-        for t in range(T - 1, -1, -1):
-            dc_new = dh * Bc_t[t]
-            if A_t is None:
-                dc_new.add_(dc)
-            else:
-                dc_new.addcmul_(A_t[t], dc)
-            torch.mul(dh, Do_t[t], out=dz_o_t[t])
-            torch.mul(dc_new.unsqueeze(1), K_t[t], out=dz_ifg_t[t])
-            if zc_t is None:
-                dc = dc_new.mul_(f_t[t])
-            else:
-                dc = torch.addcmul(dc_new * f_t[t], zc_t[t], dc)
-            dh_prev = w_t(dZ[t])
-            if rec_t is not None:
-                dh_prev.mul_(rec_t[t])
-            if zh_t is not None:
-                dh_prev.addcmul_(zh_t[t], dh)
-            if t > 0:
-                dh_prev.add_(d_hs_t[t - 1])
-            dh = dh_prev
-
         d_w = None
         if ctx.needs_input_grad[3]:
-            h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])
-            if rec is not None:
-                h_prev = h_prev * rec
             # One (4H, T*B) x (T*B, H) product for the whole sequence.
-            d_w = mm_t(dZ.view(T * B, H4).t(), h_prev.view(T * B, H).t())
-        return dZ, dh, dc, d_w, None, None, None, None, None
+            d_w = mm_t(dZ.view(T * B, H4).t(), h_prev.view(T * B, -1).t())
+        return dZ, dh0, dc0, d_w, None, None, None, None, None
+
+
+class _ProjectedMaskedLSTM(torch.autograd.Function):
+    """The input projection gx = x W_ih^T + b fused with the recurrence in one Function.
+
+    Both weight gradients are products with dZ^T, so the backward transposes
+    dZ once for both (unfused, the recurrence and the projection's backward
+    each transpose it), and the g-row doubling is folded into W_ih and b
+    instead of a pass over gx.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_ih, bias, h0, c0, w_hh, *masks):
+        T, B, _ = x.shape
+        H4 = w_ih.shape[0]
+        d = _doubled_g(H4, w_ih)
+        gates = mm_t(x.reshape(T * B, -1), w_ih * d)
+        if bias is not None:
+            gates += bias * d.view(-1)
+        gates = gates.view(T, B, H4)
+        hs, cs, tcs = _forward_loop(gates, h0, c0, w_hh, masks)
+        ctx.save_for_backward(x, w_ih, h0, w_hh, gates, cs, tcs, hs, *masks)
+        ctx.has_bias = bias is not None
+        return hs, hs[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_hs, d_hT, d_cT):
+        x, w_ih, h0, w_hh, gates, cs, tcs, hs, *masks = ctx.saved_tensors
+        dZ, dh0, dc0, h_prev = _backward_loop(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
+        T, B, H4 = gates.shape
+        dZ_flat = dZ.view(T * B, H4)
+        needs = ctx.needs_input_grad
+        dZ_t = dZ_flat.t().contiguous() if (needs[1] or needs[5]) else None
+        d_x = mm_t(dZ_flat, w_ih.t()).view(x.shape) if needs[0] else None
+        d_w_ih = mm_t(dZ_t, x.reshape(T * B, -1).t()) if needs[1] else None
+        d_b = dZ_flat.sum(0) if ctx.has_bias and needs[2] else None
+        d_w_hh = mm_t(dZ_t, h_prev.view(T * B, -1).t()) if needs[5] else None
+        return (d_x, d_w_ih, d_b, dh0, dc0, d_w_hh) + (None,) * len(masks)
 
 
 def lstm_layer_reference(gx, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
     """The recurrence with a hand-written whole-sequence backward."""
     hs, h_T, c_T = _MaskedLSTM.apply(gx, h0, c0, w_hh, *masks)
+    return hs, (h_T, c_T)
+
+
+def lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
+    """``lstm_layer_reference`` on gx = x @ w_ih.T + bias, the projection fused into the Function."""
+    hs, h_T, c_T = _ProjectedMaskedLSTM.apply(x, w_ih, bias, h0, c0, w_hh, *masks)
     return hs, (h_T, c_T)

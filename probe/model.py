@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels import RecurrentMasks, linear, lstm_layer
+from kernels import RecurrentMasks, linear, lstm_layer_from_input
 
 from .placements import RECURRENT_SITES, Placement, Site, dropout_mask, parse_placement, site_mask
 
@@ -176,9 +176,11 @@ class LanguageModel(nn.Module):
             x = x * masks.embedding[ids].unsqueeze(-1)
         new_state, hidden = [], []
         for layer, m, (h0, c0) in zip(self.layers, masks.layers, state):
-            gx = linear(_apply(x, m.input), layer.w_ih, layer.bias)
             w_hh = layer.w_hh if m.weight is None else layer.w_hh * m.weight
-            x, (h, c) = lstm_layer(gx, h0, c0, w_hh, **m.recurrent._asdict(), backend=self.config.backend)
+            x, (h, c) = lstm_layer_from_input(
+                _apply(x, m.input), layer.w_ih, layer.bias, h0, c0, w_hh,
+                **m.recurrent._asdict(), backend=self.config.backend,
+            )
             new_state.append((h, c))
             hidden.append(x)
         logits = linear(_apply(x, masks.output), self.decoder.weight, self.decoder.bias)

@@ -7,7 +7,8 @@ that drift in machine load hits both alike; the reported figure is the
 median over rounds and the ratio is taken between medians. "layer" is what a
 model trains: the input projection (``kernels.linear``) plus the masked
 recurrence with variational masks (one recurrent mask per sequence), forward
-and backward; "recurrence" leaves the input projection out. ``torch.nn.LSTM``
+and backward (``kernels.lstm_layer_from_input``, the projection fused into
+the recurrence's autograd Function); "recurrence" leaves the input projection out. ``torch.nn.LSTM``
 runs without masks (oneDNN on CPU), as it cannot apply them.
 """
 
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from kernels import linear, lstm_layer
+from kernels import linear, lstm_layer, lstm_layer_from_input
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -47,8 +48,7 @@ def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, fl
         lstm(x)[0].backward(grad_out)
 
     def layer():
-        gx = linear(x, w_ih, bias)
-        lstm_layer(gx, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)
+        lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)
 
     def recurrence():
         lstm_layer(gx_leaf, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)

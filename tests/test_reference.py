@@ -9,6 +9,7 @@ fast one must be the spec, forward and backward.
 from __future__ import annotations
 
 import itertools
+import re
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import MASK_NAMES, RecurrentMasks, gemm, lstm_layer
+from kernels import MASK_NAMES, RecurrentMasks, gemm, lstm_layer, lstm_layer_from_input
 from kernels.reference import lstm_layer_loop, lstm_layer_reference
 
 ZONEOUT = ("zoneout_h", "zoneout_c")
@@ -432,3 +433,66 @@ def test_environment_variable_switches_onednn_off():
     env = {**os.environ, "DROPOUT_PROBE_NO_ONEDNN": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# --- the input projection fused into the recurrence ------------------------------
+
+
+def _projected_inputs(T, B, I, H, dtype, seed=3):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+    return rand(T, B, I), rand(4 * H, I, scale=I**-0.5), rand(4 * H), rand(B, H), rand(B, H), rand(4 * H, H, scale=H**-0.5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("scope", ["sequence", "step"])
+def test_projected_layer_equals_projection_then_spec_loop(dtype, tol, scope):
+    T, B, I, H = 6, 3, 5, 7
+    masks = RecurrentMasks(**{n: make_mask(n, scope, T, B, H, dtype=dtype, seed=i) for i, n in enumerate(MASK_NAMES)})
+    fused = lambda x, w_ih, b, h0, c0, w: lstm_layer_from_input(x, w_ih, b, h0, c0, w, **masks._asdict(), backend="reference")
+    spec = lambda x, w_ih, b, h0, c0, w: lstm_layer_loop(x @ w_ih.t() + b, h0, c0, w, masks)
+    inputs = _projected_inputs(T, B, I, H, dtype)
+    out_a, grad_a = outputs_and_grads(fused, inputs)
+    out_b, grad_b = outputs_and_grads(spec, inputs)
+    assert len(grad_a) == len(grad_b) == 6  # x, w_ih, bias, h0, c0, w_hh
+    for a, b in zip(out_a + grad_a, out_b + grad_b):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_projected_layer_gradcheck_with_every_mask():
+    T, B, I, H = 3, 2, 3, 4
+    masks = RecurrentMasks(**{n: make_mask(n, "step", T, B, H, seed=i) for i, n in enumerate(MASK_NAMES)})
+    f = lambda *a: lstm_layer_from_input(*a, **masks._asdict(), backend="reference")[0]
+    assert torch.autograd.gradcheck(f, _projected_inputs(T, B, I, H, torch.float64))
+
+
+def test_projected_layer_without_bias_and_without_weight_grads():
+    x, w_ih, _, h0, c0, w = _projected_inputs(4, 2, 3, 5, torch.float64)
+    w_ih.requires_grad_(False)
+    hs, _ = lstm_layer_from_input(x, w_ih, None, h0, c0, w, backend="reference")
+    expected, _ = lstm_layer_loop(x @ w_ih.t(), h0, c0, w)
+    torch.testing.assert_close(hs, expected, rtol=1e-12, atol=1e-12)
+    dx, dw = torch.autograd.grad(hs.sum(), [x, w])
+    ex, ew = torch.autograd.grad(expected.sum(), [x, w])
+    torch.testing.assert_close(dx, ex)
+    torch.testing.assert_close(dw, ew)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(x=torch.zeros(4, 2)), "x must be (T, B, I)"),
+        (dict(w_ih=torch.zeros(20, 4, dtype=torch.float64)), "w_ih must be (4H, I)"),
+        (dict(bias=torch.zeros(7, dtype=torch.float64)), "bias must be (4H,)"),
+        (dict(bias=torch.zeros(20)), "bias is torch.float32"),
+        (dict(h0=torch.zeros(3, 5, dtype=torch.float64)), "h0 must have shape"),
+    ],
+)
+def test_projected_layer_rejects_bad_inputs(change, message):
+    x, w_ih, b, h0, c0, w = (t.detach() for t in _projected_inputs(4, 2, 3, 5, torch.float64))
+    args = dict(x=x, w_ih=w_ih, bias=b, h0=h0, c0=c0, w_hh=w) | change
+    with pytest.raises(ValueError, match=re.escape(message)):
+        lstm_layer_from_input(**args)

@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 
 from probe.placements import PLACEMENT_NAMES, parse_placement
+from studies.memory_decay import PRESETS, resolve_reference
 from browser import chromium_binary, is_blank, render_in_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["-m", "studies.memory_decay", "--preset", "smoke", "--no-progress", "--jobs", "2"]
+SMOKE_SPECS = [parse_placement(p).spec for p in PRESETS["smoke"].placements]
 
 
 def run_study(out: Path, *extra, **kwargs) -> subprocess.CompletedProcess:
@@ -41,9 +43,10 @@ def comparable(data: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_smoke_report_names_every_placement_and_has_every_figure(smoke):
-    html = (smoke / "memory_decay.html").read_text()
-    for name in PLACEMENT_NAMES:
-        assert parse_placement(name).spec in unescape(html), name
+    html = unescape((smoke / "memory_decay.html").read_text())
+    assert {parse_placement(s).name for s in SMOKE_SPECS} == set(PLACEMENT_NAMES)
+    for spec in SMOKE_SPECS:
+        assert spec in html, spec
     figures = re.findall(r'<figure id="fig-([a-z_]+)"', html)
     expected = {"perplexity", "influence", "probe", "gradient", "recall", "context", "position", "training"}
     assert expected <= set(figures), figures
@@ -54,7 +57,7 @@ def test_data_beside_the_report_parses_and_matches_its_numbers(smoke):
     data = pd.read_csv(smoke / "memory_decay_data.csv")
     tests = pd.read_csv(smoke / "memory_decay_tests.csv")
     assert set(data["seed"]) == {0, 1}
-    assert {parse_placement(p).spec for p in PLACEMENT_NAMES} == set(data["placement"])
+    assert set(SMOKE_SPECS) == set(data["placement"])
     html = unescape((smoke / "memory_decay.html").read_text())
     # Every placement's mean test perplexity, as the CSV gives it, is printed in the report.
     ppl = data[data["measure"] == "test_ppl"].groupby("placement")["value"].mean()
@@ -116,3 +119,13 @@ def test_bad_arguments_exit_with_a_clear_error(tmp_path):
     assert "unknown placement 'bogus'" in proc.stderr and "valid names" in proc.stderr
     proc = run_study(tmp_path, "--reference", "naive", "--placements", "zaremba", "none")
     assert proc.returncode == 2 and "reference placement" in proc.stderr
+
+
+def test_reference_is_found_by_name_or_exact_spec():
+    specs = ["none", "zaremba:p=0.25", "naive:p=0.25,rec=0.25"]
+    assert resolve_reference("zaremba", specs) == "zaremba:p=0.25"
+    assert resolve_reference("zaremba:p=0.25", specs) == "zaremba:p=0.25"
+    with pytest.raises(ValueError, match="not among the placements"):
+        resolve_reference("zaremba:p=0.5", specs)
+    with pytest.raises(ValueError, match="not among the placements"):
+        resolve_reference("variational", specs)
