@@ -77,11 +77,10 @@ class PackedWeight:
     """
 
     def __init__(self, w: torch.Tensor, batch_size: int):
-        self.w = w.contiguous()
         self.onednn = uses_onednn(w, batch_size * w.numel())
-        self.packed = (
-            torch.ops.mkldnn._reorder_linear_weight(self.w, batch_size) if self.onednn else None
-        )
+        # oneDNN's reorder reads a strided view (e.g. W.t()) directly: no separate transpose copy.
+        self.w = w if self.onednn else w.contiguous()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, batch_size) if self.onednn else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn:

@@ -67,15 +67,8 @@ def _gates(gates: torch.Tensor, H: int):
     return gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
 
 
-def _doubled_g(H4: int, like: torch.Tensor) -> torch.Tensor:
-    """(4H, 1) factors: 2 on the g rows, 1 elsewhere (tanh(x) = 2 sigmoid(2x) - 1)."""
-    d = torch.ones(H4, 1, dtype=like.dtype, device=like.device)
-    d[H4 // 2 : 3 * H4 // 4] = 2
-    return d
-
-
 def _forward_loop(gates, h0, c0, w_hh, masks):
-    """Run the recurrence over pre-activations whose g block is already doubled.
+    """Run the recurrence over the input part of the pre-activations.
 
     ``gates`` (T, B, 4H) is activated in place (i, f, g, o). Returns hs,
     cs (T+1: the cell entering each step, then c_T) and tanh of each new cell.
@@ -84,11 +77,12 @@ def _forward_loop(gates, h0, c0, w_hh, masks):
     Python overhead of each op matters at small H: views are made once per
     sequence (``unbind``), results are written in place with ``out=``, and
     tanh(g) is computed as 2 * sigmoid(2g) - 1 so that one sigmoid call
-    activates all four gates.
+    activates all four gates (doubling the g block of a (B, 4H) row costs less
+    than tanh on it, and less than doubling W_hh's g rows once per sequence).
     """
     T, B, H4 = gates.shape
     H = H4 // 4
-    w = PackedWeight(w_hh * _doubled_g(H4, w_hh), B)
+    w = PackedWeight(w_hh, B)
     cs = gates.new_empty(T + 1, B, H)
     tcs = gates.new_empty(T, B, H)
     hs = gates.new_empty(T, B, H)
@@ -98,8 +92,10 @@ def _forward_loop(gates, h0, c0, w_hh, masks):
     h = h0
     for t in range(T):
         z = gates_t[t]
-        z.add_(w(h if rec_t is None else h * rec_t[t])).sigmoid_()
+        z.add_(w(h if rec_t is None else h * rec_t[t]))
         i, f, g, o = _gates(z, H)
+        g.mul_(2)
+        z.sigmoid_()
         g.mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
         ig = i * g if cu_t is None else i * g * cu_t[t]
         c_prev = cs_t[t]
@@ -188,7 +184,7 @@ class _MaskedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx, h0, c0, w_hh, *masks):
-        gates = gx * _doubled_g(gx.shape[-1], gx).view(-1)  # pre-activations, activated in place
+        gates = gx.clone()  # pre-activations, activated in place
         hs, cs, tcs = _forward_loop(gates, h0, c0, w_hh, masks)
         ctx.save_for_backward(h0, w_hh, gates, cs, tcs, hs, *masks)
         return hs, hs[-1].clone(), cs[-1].clone()
@@ -210,18 +206,16 @@ class _ProjectedMaskedLSTM(torch.autograd.Function):
 
     Both weight gradients are products with dZ^T, so the backward transposes
     dZ once for both (unfused, the recurrence and the projection's backward
-    each transpose it), and the g-row doubling is folded into W_ih and b
-    instead of a pass over gx.
+    each transpose it), and gx is written straight into the gate buffer.
     """
 
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, c0, w_hh, *masks):
         T, B, _ = x.shape
         H4 = w_ih.shape[0]
-        d = _doubled_g(H4, w_ih)
-        gates = mm_t(x.reshape(T * B, -1), w_ih * d)
+        gates = mm_t(x.reshape(T * B, -1), w_ih)
         if bias is not None:
-            gates += bias * d.view(-1)
+            gates += bias
         gates = gates.view(T, B, H4)
         hs, cs, tcs = _forward_loop(gates, h0, c0, w_hh, masks)
         ctx.save_for_backward(x, w_ih, h0, w_hh, gates, cs, tcs, hs, *masks)
@@ -236,7 +230,7 @@ class _ProjectedMaskedLSTM(torch.autograd.Function):
         dZ_flat = dZ.view(T * B, H4)
         needs = ctx.needs_input_grad
         dZ_t = dZ_flat.t().contiguous() if (needs[1] or needs[5]) else None
-        d_x = mm_t(dZ_flat, w_ih.t()).view(x.shape) if needs[0] else None
+        d_x = PackedWeight(w_ih.t(), T * B)(dZ_flat).view(x.shape) if needs[0] else None
         d_w_ih = mm_t(dZ_t, x.reshape(T * B, -1).t()) if needs[1] else None
         d_b = dZ_flat.sum(0) if ctx.has_bias and needs[2] else None
         d_w_hh = mm_t(dZ_t, h_prev.view(T * B, -1).t()) if needs[5] else None
