@@ -194,7 +194,7 @@ CURVES: tuple[CurveSpec, ...] = (
         "retained", "Influence that survives the training masks",
         "Training-mode influence divided by the same model's evaluation-mode influence, by lag k: the share of "
         "its memory a model keeps while its dropout masks are on (1: none lost). Lags where the evaluation-mode "
-        "influence is numerically zero are left out. " + _BANDS,
+        "influence is below 1% of its lag-1 value are left out. " + _BANDS,
         (Panel("influence_kl_retained"),),
         "lag k (tokens)", "retained share of influence", required=False,
     ),

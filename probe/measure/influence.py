@@ -97,8 +97,9 @@ def influence(
     return with_summaries(tidy.frame(rows, ids), CURVES)
 
 
-# Below this many nats the eval-mode influence is numerically zero and a ratio means nothing.
-_RETAINED_FLOOR = 1e-6
+# Where the eval-mode influence is below this share of its lag-1 value (or 1e-6 nats), the
+# ratio divides noise by noise: those lags are left out (NaN).
+_RETAINED_FLOOR = 0.01
 
 
 def _retained(kl_train, kl_eval) -> list[dict]:
@@ -108,8 +109,9 @@ def _retained(kl_train, kl_eval) -> list[dict]:
     trained weights have, and how much of it the masks erase. Dividing by the
     same model's eval-mode curve keeps only the second (1 = no amnesia).
     """
+    floor = max(1e-6, _RETAINED_FLOOR * float(kl_eval[0]))
     return [
-        tidy.row("influence_kl_retained", "lag", k, (t / e) if e > _RETAINED_FLOOR else float("nan"), mode="train")
+        tidy.row("influence_kl_retained", "lag", k, (t / e) if e > floor else float("nan"), mode="train")
         for k, (t, e) in enumerate(zip(kl_train.tolist(), kl_eval.tolist()), start=1)
     ]
 
