@@ -356,11 +356,15 @@ def _finish_axes(ax, spec: CurveSpec, title: str, est: pd.DataFrame, y_est: pd.D
     if spec.log_x and (est["x"] > 0).all():
         ax.set_xscale("log")
         plain_numbers(ax.xaxis)
+    # Limits from finite values only: a diverged run's infinite perplexity is drawn off the axes.
+    y_est = y_est[np.isfinite(y_est["mean"].astype(float))]
     positive = y_est["mean"][y_est["mean"] > 0]
-    top = y_est["high"].where(y_est["high"].notna(), y_est["mean"]).max()
+    high = y_est["high"].astype(float)
+    top = high.where(np.isfinite(high), y_est["mean"]).max()
     # A log axis only where the curves span more than a factor of ten; bands reaching zero or below are
     # clipped at the bottom of the axes, not hidden.
-    if spec.log_y and len(positive) == len(y_est) and len(positive) and top / positive.min() > 10:
+    if (spec.log_y and len(positive) == len(y_est) and len(positive) and np.isfinite(top)
+            and top / positive.min() > 10):
         bottom = positive.min()
         ax.set_yscale("log", nonpositive="clip")
         if bottom >= 0.01 and top < 1e5 and top / bottom < 100:  # perplexities: a tight range, plain numbers

@@ -351,3 +351,12 @@ def test_measure_module_names_split_panels_by_mode_and_layer():
     assert influence.svg.count('id="influence-axes_') == 2
     hidden = figures.curve_figure(tidy, spec["hidden_distance"])
     assert hidden.svg.count('id="hidden_distance-axes_') == 4
+
+
+def test_figures_survive_a_diverged_run_with_infinite_perplexity():
+    tidy = synthetic_tidy()
+    diverged = (tidy["measure"] == "train_ppl") & (tidy["seed"] == 0) & (tidy["x"] == 4)
+    assert diverged.any()
+    tidy.loc[diverged, "value"] = np.inf  # a run that blew up in its last epoch
+    figs = {f.key: f for f in figures.standard_figures(tidy)}
+    assert figs["training"].svg and "<svg" in figs["training"].svg
