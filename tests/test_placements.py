@@ -431,13 +431,13 @@ def _layer0_input(monkeypatch, spec: str, T: int, B: int) -> torch.Tensor:
     import probe.model
 
     seen = []
-    real_linear = probe.model.linear
+    real_layer = probe.model.lstm_layer_from_input
 
-    def spy(x, w, b=None):
+    def spy(x, *args, **kwargs):
         seen.append(x.detach().clone())
-        return real_linear(x, w, b)
+        return real_layer(x, *args, **kwargs)
 
-    monkeypatch.setattr(probe.model, "linear", spy)
+    monkeypatch.setattr(probe.model, "lstm_layer_from_input", spy)
     model = make_model(spec).train()
     model(torch.full((T, B), 3), generator=gen())
     x = seen[0]
@@ -472,9 +472,10 @@ def test_embedding_mask_has_one_value_per_word_id(monkeypatch):
     import probe.model
 
     seen = []
-    real_linear = probe.model.linear
+    real_layer = probe.model.lstm_layer_from_input
     monkeypatch.setattr(
-        probe.model, "linear", lambda x, w, b=None: (seen.append(x.detach().clone()), real_linear(x, w, b))[1]
+        probe.model, "lstm_layer_from_input",
+        lambda x, *args, **kwargs: (seen.append(x.detach().clone()), real_layer(x, *args, **kwargs))[1],
     )
     model = make_model("variational:p=0,rec=0,emb=0.5")  # embedding dropout only
     masks = model.sample_masks(8, 6, gen(4), training=True)
