@@ -129,6 +129,9 @@ def _run_cell_safely(cell, runs_dir, measure_fn, data_dir, threads) -> CellResul
         return CellResult(cell, "failed", {}, None, cached=False, error=traceback.format_exc())
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run_grid(
     cells: list[Cell],
     runs_dir: str | Path,
@@ -137,33 +140,57 @@ def run_grid(
     jobs: int = 1,
     data_dir=None,
     progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
+    threads: int | None = None,
 ) -> list[CellResult]:
-    """Run every cell (skipping finished ones) and return results in cell order."""
+    """Run every cell (skipping finished ones) and return results in cell order.
+
+    ``executor="local"``: ``jobs`` worker processes on this machine.
+    ``executor="ray"``: one Ray task per cell on the cluster at ``address``
+    (see ``probe.ray_executor``), writing into the same run cache, so either
+    executor can resume a grid the other started. ``threads``: torch threads
+    per run (default: this machine's cores shared among ``jobs``; 1 on Ray).
+    Results do not depend on the executor when ``threads`` is the same.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}")
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
     results: dict[int, CellResult] = {}
-    todo = []
+    todo: dict[tuple[str, str], list[int]] = {}  # one execution per distinct cell, never two
     for i, cell in enumerate(cells):
         cached = load_cached(runs_dir, cell)
         if cached is not None:
             results[i] = cached
         else:
-            todo.append(i)
+            todo.setdefault((cell.run.run_id(), cell.measure_id()), []).append(i)
     bar = tqdm(total=len(cells), initial=len(results), desc="runs", unit="run", disable=not progress)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    if jobs == 1 or len(todo) <= 1:
-        for i in todo:
-            results[i] = _run_cell_safely(cells[i], runs_dir, measure_fn, data_dir, None)
-            bar.update()
+
+    def done(indices: list[int], result: CellResult) -> None:
+        for i in indices:
+            results[i] = result
+        bar.update(len(indices))
+
+    if executor == "ray":
+        from .ray_executor import run_on_ray
+
+        firsts = [idx[0] for idx in todo.values()]
+        run_on_ray([cells[i] for i in firsts], list(todo.values()), runs_dir, measure_fn, data_dir,
+                   address=address, threads=threads or 1, on_result=done)
+    elif jobs == 1 or len(todo) <= 1:
+        for indices in todo.values():
+            done(indices, _run_cell_safely(cells[indices[0]], runs_dir, measure_fn, data_dir, threads))
     else:
+        threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         # spawn, not fork: forked children inherit torch's thread pools in a broken state.
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = {
-                pool.submit(_run_cell_safely, cells[i], str(runs_dir), measure_fn, data_dir, threads): i for i in todo
+                pool.submit(_run_cell_safely, cells[idx[0]], str(runs_dir), measure_fn, data_dir, threads): idx
+                for idx in todo.values()
             }
             for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                bar.update()
+                done(futures[fut], fut.result())
     bar.close()
     return [results[i] for i in range(len(cells))]

@@ -29,6 +29,7 @@ import pandas as pd
 from probe import stats
 from probe.data import CorpusError, load_corpus
 from probe.grid import Cell, CellResult, run_grid
+from probe.ray_executor import ClusterError
 from probe.measure import MeasureConfig, run_all
 from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
 from probe.report import collect_environment, study_report
@@ -300,7 +301,7 @@ def run_study(args) -> list[Path]:
         print(f"{plan.corpus}: {len(cells)} runs ({len(placements)} placements x {len(seeds)} seeds) "
               f"-> {args.runs_dir}", file=sys.stderr)
         results = run_grid(cells, args.runs_dir, run_all, jobs=args.jobs, data_dir=args.data_dir,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, executor=args.executor, address=args.address, threads=1)
         for r in results:
             if r.status == "failed":
                 print(f"run {r.cell.run.run_id()} failed:\n{r.error}", file=sys.stderr)
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, help="run cache (default <out>/runs/memory_decay)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes training runs in parallel (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: --jobs worker processes here (default); ray: one task per run on the cluster at --address")
+    p.add_argument("--address", help="Ray cluster address HOST:PORT, with --executor ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -344,7 +348,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         paths = run_study(args)
-    except (CorpusError, PlacementError, ValueError) as e:
+    except (CorpusError, PlacementError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done in {time.perf_counter() - start:.0f} s: " + ", ".join(str(p) for p in paths), file=sys.stderr)

@@ -31,6 +31,7 @@ from probe import stats
 from probe.data import CorpusError, load_corpus
 from probe.figures import standard_figures
 from probe.grid import Cell, CellResult, run_grid
+from probe.ray_executor import ClusterError
 from probe.placements import PlacementError, parse_placement
 from probe.report import collect_environment, render_report
 from probe.train import PRESETS as TRAIN_PRESETS
@@ -120,7 +121,7 @@ def run_study(args) -> Path:
         raise
     cells = plan(args)
     results = run_grid([c for _, c in cells], args.runs_dir, None, jobs=args.jobs, data_dir=args.data_dir,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, executor=args.executor, address=args.address)
     for r in results:
         if r.status == "failed":
             print(f"run {r.cell.run.run_id()} failed:\n{r.error}", file=sys.stderr)
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, help="run cache (default <out>/runs/zaremba)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: --jobs worker processes here (default); ray: one task per run on the cluster at --address")
+    p.add_argument("--address", help="Ray cluster address HOST:PORT, with --executor ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         path = run_study(args)
-    except (CorpusError, PlacementError, ValueError) as e:
+    except (CorpusError, PlacementError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {path} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
