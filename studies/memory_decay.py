@@ -34,6 +34,7 @@ from probe.measure import MeasureConfig, run_all
 from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
 from probe.report import collect_environment, study_report
 from probe.train import RunConfig, preset
+from studies.cli import add_grid_options, finish_grid_options
 
 QUESTION = (
     "Where can dropout go in an LSTM without destroying its memory? Each placement trains the same model "
@@ -326,22 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per placement (default: the preset's)")
     p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings")
     p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.data)")
-    p.add_argument("--data-dir", help="corpora folder (else $DROPOUT_PROBE_DATA, else the user cache)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="where reports go (default reports/)")
-    p.add_argument("--runs-dir", type=Path, help="run cache (default <out>/runs/memory_decay)")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes training runs in parallel (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: --jobs worker processes here (default); ray: one task per run on the cluster at --address")
-    p.add_argument("--address", help="Ray cluster address HOST:PORT, with --executor ray")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_grid_options(p, study="memory_decay", jobs=2)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.runs_dir is None:
-        args.runs_dir = args.out / "runs" / "memory_decay"
+    args = finish_grid_options(build_parser().parse_args(argv), study="memory_decay")
     if args.seeds is not None and args.seeds < 1:
         print("error: --seeds must be at least 1", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from probe.placements import PlacementError, parse_placement
 from probe.report import collect_environment, render_report
 from probe.train import PRESETS as TRAIN_PRESETS
 from probe.train import preset
+from studies.cli import add_grid_options, finish_grid_options
 
 # REFERENCES.md: Zaremba et al. 2014, Table 1 (valid / test perplexity).
 PAPER = {"small": (120.7, 114.5), "medium": (86.2, 82.7), "large": (82.2, 78.4)}
@@ -164,23 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'substitute' trains on PTB valid when ptb.train.txt is absent (not comparable)")
     p.add_argument("--epochs", type=int, help="cut every configuration to this many epochs (a budget, not the paper)")
     p.add_argument("--train-tokens", type=int, help="train on only the first N training tokens (a budget)")
-    p.add_argument("--data-dir", help="corpora folder (else $DROPOUT_PROBE_DATA, else the user cache)")
     p.add_argument("--download", action="store_true", help="download missing PTB files (checksummed)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="where the report goes (default reports/)")
-    p.add_argument("--runs-dir", type=Path, help="run cache (default <out>/runs/zaremba)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: --jobs worker processes here (default); ray: one task per run on the cluster at --address")
-    p.add_argument("--address", help="Ray cluster address HOST:PORT, with --executor ray")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_grid_options(p, study="zaremba", jobs=1)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.runs_dir is None:
-        args.runs_dir = args.out / "runs" / "zaremba"
+    args = finish_grid_options(build_parser().parse_args(argv), study="zaremba")
     if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
         print("error: --seeds and --epochs must be at least 1", file=sys.stderr)
         return 2
