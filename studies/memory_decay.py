@@ -32,7 +32,8 @@ from probe.grid import Cell, CellResult, run_grid
 from probe.ray_executor import ClusterError
 from probe.measure import MeasureConfig, run_all
 from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
-from probe.report import collect_environment, study_report
+from probe.figures import standard_figures
+from probe.report import collect_environment, render_report
 from probe.train import RunConfig, preset
 from studies.cli import add_grid_options, finish_grid_options
 
@@ -261,11 +262,31 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
         methods.append("Runs that did not finish (left out of every statistic): " + "; ".join(failed) + ".")
     runtime = sum(r.result.get("seconds", 0.0) or 0.0 for r in results)
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
-    return study_report(
+    tests = stats.test_against_reference(df, reference, list(study.metrics))
+    return render_report(
         path, title=f"Memory decay under dropout placements: {plan.corpus}", question=QUESTION, config=config,
-        placements=placements, tidy=df, metrics=list(study.metrics), reference=reference, environment=env,
-        methods=methods,
+        placements=placements, tidy=df, tests=tests, summary=headline(tests) + stats.summarize(tests),
+        environment=env, figures=standard_figures(df), methods=methods,
     )
+
+
+def headline(tests: pd.DataFrame, placement: str = "naive", alpha: float = 0.05) -> list[str]:
+    """The toolkit's question answered first: does ``placement`` lose memory relative to the reference?"""
+    rows = tests[[parse_placement(p).name == placement for p in tests["placement"]]] if len(tests) else tests
+    if rows.empty:
+        return []
+    parts = []
+    for _, r in rows.iterrows():
+        significant = r["p_holm"] < alpha
+        parts.append(
+            f"{r['label']}: {stats.fmt(r['mean'], 3)} vs {stats.fmt(r['mean_ref'], 3)} "
+            f"(difference {stats.fmt(r['diff'], 3)}, 95% CI [{stats.fmt(r['ci_low'], 3)}, {stats.fmt(r['ci_high'], 3)}], "
+            f"Holm-corrected permutation p = {stats.fmt_p(r['p_holm'])}: "
+            f"{'significant' if significant else 'not significant'})"
+        )
+    first = rows.iloc[0]
+    return [f"The question first: does {first['placement']} (dropout on h_(t-1) at every step) lose memory "
+            f"relative to {first['reference']}? " + "; ".join(parts) + f". n = {first['n']} vs {first['n_ref']} seeds."]
 
 
 def resolve_reference(reference: str, placements: list[str]) -> str:

@@ -73,6 +73,18 @@ def test_report_warns_that_two_seeds_cannot_reach_significance(smoke):
     assert "no test can reach significance" in html
 
 
+def test_summary_answers_the_naive_versus_zaremba_question_first(smoke):
+    html = unescape((smoke / "memory_decay.html").read_text())
+    summary = html[html.index('id="summary"'):]
+    first = summary[summary.index("<li>"):summary.index("</li>")]
+    tests = pd.read_csv(smoke / "memory_decay_tests.csv")
+    naive = tests[tests["placement"].str.startswith("naive:")]
+    assert "does naive:" in first and "relative to zaremba:" in first
+    for label in naive["label"]:
+        assert label in first
+    assert "not significant" in first  # 2 vs 2 seeds cannot be significant
+
+
 @pytest.mark.skipif(chromium_binary() is None, reason="headless Chromium not installed (.ci/run installs it)")
 def test_report_renders_in_headless_chromium_without_errors(smoke):
     errors, png = render_in_chromium(smoke / "memory_decay.html")
