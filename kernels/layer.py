@@ -37,11 +37,7 @@ def lstm_layer(
     """
     masks = RecurrentMasks(recurrent, cell_update, cell, zoneout_h, zoneout_c)
     check_inputs(gx, h0, c0, w_hh, masks)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = "triton" if gx.is_cuda and _triton_usable() else "reference"
-    if backend == "reference":
+    if _resolve_backend(backend, gx) == "reference":
         return lstm_layer_reference(gx, h0, c0, w_hh, masks)
     from .triton_lstm import lstm_layer_triton
 
@@ -83,11 +79,18 @@ def lstm_layer_from_input(
     T, B, _ = x.shape
     gx_like = x.new_empty(1, 1, 1).expand(T, B, w_ih.shape[0])  # shape, dtype and device, no memory
     check_inputs(gx_like, h0, c0, w_hh, masks)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    if backend == "reference" or (backend == "auto" and not (x.is_cuda and _triton_usable())):
+    if _resolve_backend(backend, x) == "reference":
         return lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks)
     return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, **masks._asdict(), backend=backend)
+
+
+def _resolve_backend(backend: str, t: torch.Tensor) -> str:
+    """"reference" or "triton": "auto" picks Triton for CUDA tensors when it is installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if t.is_cuda and _triton_usable() else "reference"
+    return backend
 
 
 def _triton_usable() -> bool:
