@@ -9,8 +9,11 @@ Spec grammar: ``name`` or ``name:key=value,key=value``, e.g.
 a rate in [0, 1), except ``scope`` where a placement declares one.
 
 Masks use inverted scaling (kept units are multiplied by 1/(1-p)) so that
-evaluation is the identity; zoneout masks hold 1 where the previous value is
-kept, and at evaluation hold the keep probability itself (the expectation).
+evaluation is the identity, except on the carried cell state (``Site.CELL``,
+rnndrop), whose mask holds 0 or 1: c_t = f * c_{t-1} + i * g carries the
+mask's value into every later step, so a 1/(1-p) there would compound (see
+the rnndrop entry). Zoneout masks hold 1 where the previous value is kept,
+and at evaluation hold the keep probability itself (the expectation).
 """
 
 from __future__ import annotations
@@ -147,7 +150,9 @@ REGISTRY: dict[str, PlacementDef] = {
         ),
         PlacementDef(
             "rnndrop",
-            "Zaremba's dropout plus one mask per sequence on the cell state c_t",
+            "Zaremba's dropout plus one mask per sequence on the cell state c_t, holding 0 or 1 (unscaled): "
+            "c_t = f*c_{t-1} + i*g_t carries the masked cell into every later step, so an inverted 1/(1-p) "
+            "scale would compound once per step and blow the cell up; no mask at evaluation",
             "Moon et al. 2015, RnnDrop: A Novel Dropout for RNNs in ASR",
             _rules((Site.INPUT, "p", S), (Site.OUTPUT, "p", S), (Site.CELL, "cell", Q)),
             {"p": 0.5, "cell": 0.25},
@@ -254,6 +259,23 @@ def dropout_mask(shape, p: float, generator: torch.Generator, *, dtype=torch.flo
     return keep.to(dtype) / (1.0 - p)
 
 
+def keep_mask(shape, p: float, generator: torch.Generator, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """A mask of 0 and 1, unscaled: each unit is kept (1) with probability 1-p, so the mean is 1-p.
+
+    Used where the masked value is carried from step to step (``Site.CELL``), so
+    that a kept unit is passed on unchanged instead of growing by 1/(1-p) per step.
+    """
+    return (torch.rand(shape, generator=generator, dtype=dtype, device=device) >= p).to(dtype)
+
+
+# Sites whose dropout mask is 0/1 rather than 0 or 1/(1-p): the carried cell state (rnndrop). The mask
+# multiplies c_t, which the next step's f * c_{t-1} carries on, so with inverted scaling a kept unit of a
+# per-sequence mask grows by 1/(1-p) at every step (it diverged in 5 of 6 Tiny Shakespeare seeds).
+# A 0/1 mask is idempotent (m * m = m): a kept unit passes on unchanged, a dropped one is held at 0, and
+# training differs from evaluation by the dropped units alone, however many steps the sequence runs.
+UNSCALED_SITES = frozenset({Site.CELL})
+
+
 def zoneout_mask(shape, z: float, generator: torch.Generator, *, training: bool, dtype=torch.float32, device=None):
     """1 where the previous value is kept (probability z); the expectation z at evaluation."""
     if not training:
@@ -284,8 +306,10 @@ def site_mask(
 ) -> torch.Tensor | None:
     """The mask a placement puts on one (T, B, H) site, or None where it puts none.
 
-    Dropout sites give None at evaluation (the identity); zoneout sites give
-    the keep probability at evaluation (the expectation), in sequence shape.
+    Dropout sites hold 0 or 1/(1-p) in training, except the cell site (0 or 1,
+    ``UNSCALED_SITES``), and give None at evaluation (the identity); zoneout
+    sites give the keep probability at evaluation (the expectation), in
+    sequence shape.
     """
     if not placement.active(site):
         return None
@@ -295,7 +319,8 @@ def site_mask(
         return zoneout_mask(scoped_shape(scope, T, B, H), sm.rate, generator, training=training, dtype=dtype, device=device)
     if not training:
         return None
-    return dropout_mask(scoped_shape(sm.scope, T, B, H), sm.rate, generator, dtype=dtype, device=device)
+    sample = keep_mask if site in UNSCALED_SITES else dropout_mask
+    return sample(scoped_shape(sm.scope, T, B, H), sm.rate, generator, dtype=dtype, device=device)
 
 
 def describe(placement: Placement) -> list[dict[str, str]]:

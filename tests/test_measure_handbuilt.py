@@ -228,3 +228,54 @@ def test_stream_states_match_stepping_the_model_one_token_at_a_time(placement):
                     for (h, c), (h_ref, c_ref) in zip(got, state):
                         torch.testing.assert_close(h[j], h_ref[p // layout.rows])
                         torch.testing.assert_close(c[j], c_ref[p // layout.rows])
+
+
+def forgetful(dtype=torch.float32) -> LanguageModel:
+    """A random 2-layer network whose forget gates sit near 0.12: influence falls ~5x per lag."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=20, emb_size=16, hidden_size=32, num_layers=2, init_scale=0.3)
+    model = LanguageModel(config)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.bias[32:64] -= 2.0
+    return model.to(dtype).eval()
+
+
+FAR = 24  # by lag ~15 the KL of this network is at float32 rounding level
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_counterfactual_kl_far_back_is_never_negative(dtype):
+    # float32 log-softmax gave about -1e-9 at such lags; in float64 a KL is >= 0 up to float64 rounding.
+    config = MeasureConfig(max_lag=FAR, influence_windows=64, stream_batch=8, influence_modes=("eval",))
+    stream = torch.randint(0, 20, (4000,), generator=torch.Generator().manual_seed(1))
+    kl = curve(influence(forgetful(dtype), stream, torch.ones(20), config), "influence_kl")
+    assert kl.shape == (FAR,)
+    assert kl[0] > 1e-7 and kl[-1] < 1e-13  # the curve reaches the noise floor
+    assert (kl >= -1e-15).all(), kl
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_counterfactual_kl_is_the_float64_kl_of_the_networks_predictions(dtype):
+    model = forgetful(dtype)
+    stream = torch.randint(0, 20, (400,), generator=torch.Generator().manual_seed(2))
+    ends = torch.arange(FAR, 400, 37)
+    windows = gather_windows(stream, ends, FAR + 1)
+    replacements = (windows.flip(0)[1:] + 1 + torch.arange(FAR).unsqueeze(1) % 5) % 20  # never the original
+    init = model.init_state(ends.numel())
+    kl, _ = _influence(model, windows, replacements, init, False, MeasureConfig(max_lag=FAR))
+    # Directly: each lag's counterfactual windows in a batch of their own, the KL in float64 throughout.
+    eval_masks = model.sample_masks(FAR + 1, ends.numel(), training=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(windows, init, masks=eval_masks)[0][-1].double(), -1)
+        expected = []
+        for k in range(1, FAR + 1):
+            cf = windows.clone()
+            cf[FAR - k] = replacements[k - 1]
+            logq = torch.log_softmax(model(cf, init, masks=eval_masks)[0][-1].double(), -1)
+            expected.append(float((logp.exp() * (logp - logq)).sum(-1).mean()))
+    assert str(kl.dtype) == "float64"
+    rtol = 1e-9 if dtype == torch.float64 else 1e-4
+    atol = 1e-15 if dtype == torch.float64 else 1e-13  # float32 logits of other batch shapes round differently
+    assert kl == pytest.approx(expected, rel=rtol, abs=atol)
+    assert (kl >= -1e-15).all()

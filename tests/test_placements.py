@@ -1,7 +1,7 @@
 """probe.placements: the registry, the spec grammar, and the masks each placement samples.
 
 Mask tests go through both entry points: the samplers of probe.placements
-(``dropout_mask``, ``zoneout_mask``, ``site_mask``) and
+(``dropout_mask``, ``keep_mask``, ``zoneout_mask``, ``site_mask``) and
 ``LanguageModel.sample_masks``, which is what training uses. Sizes are chosen
 pairwise distinct (T, B, H, emb, vocab) so a mask on the wrong axis has the
 wrong shape.
@@ -24,7 +24,9 @@ from probe.placements import (
     PlacementError,
     Scope,
     Site,
+    UNSCALED_SITES,
     dropout_mask,
+    keep_mask,
     parse_placement,
     site_mask,
     zoneout_mask,
@@ -93,6 +95,19 @@ def assert_dropout_values(mask: torch.Tensor, p: float) -> None:
     """Every entry is exactly 0 or 1/(1-p)."""
     scale = torch.tensor(1.0 / (1.0 - p), dtype=mask.dtype)
     assert bool(((mask == 0) | (mask == scale)).all()), f"values {mask.unique().tolist()} are not 0 or 1/(1-{p})"
+
+
+def assert_keep_values(mask: torch.Tensor) -> None:
+    """Every entry is exactly 0 or 1 (the cell site: no inverted scaling)."""
+    assert bool(((mask == 0) | (mask == 1)).all()), f"values {mask.unique().tolist()} are not 0 or 1"
+
+
+def assert_site_values(mask: torch.Tensor, site: Site, p: float) -> None:
+    """The values a training mask of ``site`` at rate ``p`` may hold."""
+    if site in (Site.ZONEOUT_C, Site.ZONEOUT_H) or site in UNSCALED_SITES:
+        assert_keep_values(mask)
+    else:
+        assert_dropout_values(mask, p)
 
 
 # --- the registry ---------------------------------------------------------
@@ -316,10 +331,7 @@ def test_site_mask_shape_follows_the_scope(spec, site):
     mask = site_mask(placement, site, T, B, H, gen(), training=True)
     expected = {Scope.STEP: (T, B, H), Scope.SEQUENCE: (B, H)}[placement.sites[site].scope]
     assert tuple(mask.shape) == expected
-    if site in (Site.ZONEOUT_C, Site.ZONEOUT_H):
-        assert bool(((mask == 0) | (mask == 1)).all())
-    else:
-        assert_dropout_values(mask, placement.rate(site))
+    assert_site_values(mask, site, placement.rate(site))
 
 
 @pytest.mark.parametrize("spec,site", list(_active_site_cases()))
@@ -393,7 +405,69 @@ def test_recurrent_dropout_masks_land_in_their_own_field(spec, site, field):
     for layer in model.sample_masks(T, B, gen(), training=True).layers:
         present = layer.recurrent.present()
         assert present == (field,), f"{spec}: masks in {present}"
-        assert_dropout_values(getattr(layer.recurrent, field), model.placement.rate(site))
+        assert_site_values(getattr(layer.recurrent, field), site, model.placement.rate(site))
+
+
+# --- rnndrop: the cell mask is 0/1 ------------------------------------------
+
+
+def test_only_the_cell_site_is_unscaled():
+    assert UNSCALED_SITES == {Site.CELL}
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
+def test_keep_mask_holds_zero_or_one_and_keeps_a_fraction_one_minus_p(p):
+    n = 200_000
+    mask = keep_mask((n,), p, gen(1), dtype=torch.float64)
+    assert mask.dtype == torch.float64 and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert abs(mask.mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
+def test_rnndrop_cell_mask_is_zero_or_one_with_mean_one_minus_p(p):
+    """Inverted scaling on c_t would compound through c_t = f * c_{t-1} + ...: the cell mask is not rescaled."""
+    placement = parse_placement(f"rnndrop:p=0.5,cell={p}")
+    b, h = 400, 500
+    mask = site_mask(placement, Site.CELL, T, b, h, gen(3), training=True, dtype=torch.float64)
+    assert mask.shape == (b, h)  # one mask per sequence
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert abs(mask.mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / mask.numel())
+    assert site_mask(placement, Site.CELL, T, b, h, gen(3), training=False) is None
+
+
+def test_rnndrop_cell_mask_through_the_model_is_zero_or_one_while_input_and_output_keep_inverted_scaling():
+    model = make_model("rnndrop:p=0.5,cell=0.25")
+    masks = model.sample_masks(T, B, gen(7), training=True)
+    assert_dropout_values(masks.output, 0.5)
+    assert (masks.output == 2.0).any()
+    for layer in masks.layers:
+        assert_dropout_values(layer.input, 0.5)
+        assert (layer.input == 2.0).any()
+        assert layer.recurrent.present() == ("cell",)
+        assert_keep_values(layer.recurrent.cell)
+        assert (layer.recurrent.cell == 0).any() and (layer.recurrent.cell == 1).any()
+    # The other recurrent dropout sites keep inverted scaling.
+    for spec, site, field, p in [("naive:rec=0.5", Site.RECURRENT, "recurrent", 0.5),
+                                 ("semeniuta:rec=0.25", Site.CELL_UPDATE, "cell_update", 0.25)]:
+        for layer in make_model(spec).sample_masks(T, B, gen(7), training=True).layers:
+            mask = getattr(layer.recurrent, field)
+            assert_dropout_values(mask, p)
+            assert (mask == 1 / (1 - p)).any(), spec
+
+
+def test_rnndrop_evaluation_is_the_identity_and_a_kept_cell_is_not_amplified():
+    model = make_model("rnndrop:p=0,cell=0.5", dtype=torch.float64)
+    plain = make_model("none", dtype=torch.float64)
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(VOCAB, (T, B), generator=gen(1))
+    assert all(m is None for m in all_masks(model.sample_masks(T, B, gen(), training=False)))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(ids)[0], plain.eval()(ids)[0])
+        # A training mask that keeps every cell unit computes exactly what evaluation computes.
+        masks = model.sample_masks(T, B, gen(), training=True)
+        for layer in masks.layers:
+            layer.recurrent = layer.recurrent._replace(cell=torch.ones_like(layer.recurrent.cell))
+        assert torch.equal(model(ids, masks=masks)[0], plain(ids)[0])
 
 
 def test_zoneout_masks_land_in_their_own_fields():

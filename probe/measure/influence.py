@@ -7,9 +7,18 @@ the model reads the original and all K counterfactual copies as one batch:
     influence_kl      KL(p(. | x_{<=t}) || p(. | x'_{<=t}))   (nats, the prediction made at t)
     influence_hidden  ||h_t - h'_t|| / ||h_t||                 (per layer; the top layer is layers-1)
 
-averaged over windows. Lag k = 1 is the token before x_t (x_t itself would
-be lag 0). Windows start from the state carried over the held-out stream up
-to t-K-1 (``carry_state=False``: from a zero state).
+averaged over windows. The KL is computed in float64 from the network's
+logits (log-softmax included), so it is >= 0 up to float64 rounding even
+where it is far below float32's resolution. ``influence_hidden`` is a
+relative distance, dimensionless: the Euclidean distance between the
+counterfactual's and the original's hidden state h_t of that layer (the
+output at the last step t of the window, after the layer's recurrence and
+before any output dropout) divided by the Euclidean norm of the original's
+h_t, window by window (the norm clamped at 1e-12), then averaged.
+
+Lag k = 1 is the token before x_t (x_t itself would be lag 0). Windows start
+from the state carried over the held-out stream up to t-K-1
+(``carry_state=False``: from a zero state).
 
 Two modes, on the same windows and the same replacement tokens:
 - ``eval``: evaluation masks (the identity for dropout; zoneout's expectation);
@@ -141,12 +150,16 @@ def _influence(model, windows, replacements, init, training: bool, config: Measu
         logits, _, hidden = model(
             batch, repeat_state(state, copies), masks=repeat_masks(masks, copies), return_hidden=True
         )
-        logp = F.log_softmax(logits[-1].float(), dim=-1).view(m, copies, -1)
+        # In float64 from the logits on: float32 log-softmax rounds each log-probability by ~1e-7, and
+        # the sum p * (log p - log p') of a KL of 1e-9 or less then comes out negative. Casting the
+        # float32 logits is exact, so the KL is that of the network's own predictions, >= 0 up to
+        # float64 rounding.
+        logp = F.log_softmax(logits[-1].double(), dim=-1).view(m, copies, -1)
         orig, cf = logp[:, :1], logp[:, 1:]
         kl = (orig.exp() * (orig - cf)).sum(-1)  # (m, K)
-        kl_sum += kl.sum(0).double()
+        kl_sum += kl.sum(0)
         for layer, hs in enumerate(hidden):
-            h = hs[-1].float().view(m, copies, -1)
+            h = hs[-1].double().view(m, copies, -1)
             norm = h[:, :1].norm(dim=-1).clamp_min(1e-12)
-            dist_sum[layer] += ((h[:, 1:] - h[:, :1]).norm(dim=-1) / norm).sum(0).double()
+            dist_sum[layer] += ((h[:, 1:] - h[:, :1]).norm(dim=-1) / norm).sum(0)
     return (kl_sum / M).cpu().numpy(), (dist_sum / M).cpu().numpy()
