@@ -42,6 +42,49 @@ every token of any sequence, so the mean of -log_prob over a long sample
 estimates the rate (this is how the closed form is tested). The warm-up (no
 cues before max(lags) non-cue tokens) changes a sample's average by
 O(max(lags)/n).
+
+The marked variant (``mark=1``)
+-------------------------------
+In the process above (the *n-back* variant) the cue comes only at recall
+time, so a model must hold every one of the last max(lags) tokens in case it
+is asked for it. In the *marked* variant the source of a recall is announced
+when it is seen, so a model need only store one marked token and count.
+
+Tokens: content 0..V-1, then ``<mark>`` (id V), then the cues ``<lagk>`` (ids
+V+1+i for the i-th lag in sorted order). Chain draws follow the same chain P
+(the first chain draw from pi, then x ~ P(.|s), s = the last chain draw);
+copies never move the chain state. Call a position *free* when no recall is
+pending. At a free position the token is ``<mark>`` with probability c, else a
+chain draw. After ``<mark>`` come: a chain draw, the *source*; K-1 further
+chain draws, K uniform over ``lags`` (independent of everything else); the
+cue ``<lagK>``; the forced copy of the source. Then the next position is free
+again (no new mark while one is pending). The copy is K non-cue positions
+after its source (non-cue: everything except ``<mark>`` and the cues), the
+same lag as in the n-back variant, and the lag annotation is K at the copy.
+
+Conditional probabilities: at a free position, P(<mark>) = c and P(x) =
+(1-c) P(x|s); right after ``<mark>``, P(x) = P(x|s) (the source); with a
+recall pending and j chain draws since the source (j = 0 right after it),
+let R = {k in lags: k >= j+1} and the hazard h = 1/|R| if j+1 is a lag, else
+0: P(<lag(j+1)>) = h and P(x) = (1-h) P(x|s); any other cue, or a mark, is
+impossible. After the cue the copy is certain. The hazards make K uniform:
+P(K = k_i) = prod_{m<i} (1 - 1/(L-m+1)) / (L-i+1) = 1/L.
+
+Entropy rate, by renewal-reward over *cycles*, each starting at a free
+position. The cycle structure (marks and K) is independent of the chain
+values, so every chain draw sees a state s ~ pi and contributes
+Hc = sum_s pi(s) H(P(.|s)) on average. With probability 1-c a cycle is one
+chain draw: 1 token, entropy H_b(c) + (1-c) Hc counting the free choice.
+With probability c it is mark, source, K-1 chain draws, cue, copy: K+3
+tokens, whose entropy beyond the free choice is K Hc for the chain draws plus
+the entropy of the cue's timing, which reveals K: by the chain rule the
+per-position hazard terms H_b(h) sum to H(K) = log L; the copy adds 0. So
+
+    entropy rate = [H_b(c) + (1-c) Hc + c (log L + Hc E[K])] / [(1-c) + c (E[K] + 3)]
+
+nats/token, E[K] = mean(lags), L = len(lags). A sample starts free (its first
+chain draw comes from pi, entropy H(pi) instead of Hc) and is cut at n tokens
+anywhere in a cycle, both O(max(lags)/n) effects on its average.
 """
 
 from __future__ import annotations
@@ -62,7 +105,8 @@ class SyntheticSpec:
 
     vocab_size: int = 64  # content tokens (cue tokens come on top)
     lags: tuple[int, ...] = (2, 5, 10, 20, 50, 100)
-    cue_rate: float = 0.1  # probability that a unit is a cue + recall
+    cue_rate: float = 0.1  # probability that a unit is a cue + recall (marked: that a free position is <mark>)
+    marked: bool = False  # the marked variant: <mark> before the source, the cue before the copy
     branching: int = 4  # successors per Markov state
     concentration: float = 1.0  # Dirichlet concentration of each row's successor weights
     n_train: int = 200_000
@@ -74,11 +118,17 @@ class SyntheticSpec:
         lags = tuple(sorted(int(k) for k in self.lags))
         object.__setattr__(self, "lags", lags)  # canonical form: sorted, so cue ids are ordered by lag
         problems = []
+        if isinstance(self.marked, (bool, np.bool_)) or self.marked in (0, 1):
+            object.__setattr__(self, "marked", bool(self.marked))
+        else:
+            problems.append(f"mark must be 0 or 1 (got {self.marked!r})")
         if self.vocab_size < 2:
             problems.append(f"vocab must be >= 2 (got {self.vocab_size})")
         if not lags or lags[0] < 1 or len(set(lags)) != len(lags):
             problems.append(f"lags must be distinct integers >= 1 (got {self.lags})")
-        if not 0 <= self.cue_rate < 1:
+        if self.marked is True and not 0 < self.cue_rate < 1:
+            problems.append(f"cue must be in (0, 1) with mark=1 (got {self.cue_rate})")
+        elif not 0 <= self.cue_rate < 1:
             problems.append(f"cue must be in [0, 1) (got {self.cue_rate})")
         if not 1 <= self.branching <= self.vocab_size:
             problems.append(f"branching must be in [1, vocab] (got {self.branching})")
@@ -110,6 +160,7 @@ _FIELD_OF = {
     "vocab": "vocab_size",
     "lags": "lags",
     "cue": "cue_rate",
+    "mark": "marked",
     "branching": "branching",
     "concentration": "concentration",
     "train": "n_train",
@@ -121,6 +172,8 @@ _KEY_OF = {v: k for k, v in _FIELD_OF.items()}
 
 
 def _format(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
     if isinstance(value, tuple):
         return "+".join(map(str, value))
     return repr(value)  # repr round-trips floats exactly
@@ -129,9 +182,10 @@ def _format(value) -> str:
 def parse_synthetic_spec(text: str) -> SyntheticSpec:
     """Read ``synthetic`` or ``synthetic:key=value,...`` (e.g. ``synthetic:vocab=32,lags=5+20+50,cue=0.2``).
 
-    Keys: vocab, lags (joined by +), cue, branching, concentration, train,
-    valid, test (token counts), seed. Unknown keys and bad values are errors
-    that list the valid keys.
+    Keys: vocab, lags (joined by +), cue, mark (0 or 1, also false/true; 1
+    selects the marked variant), branching, concentration, train, valid, test
+    (token counts), seed. Unknown keys and bad values are errors that list
+    the valid keys.
     """
     head, _, body = text.partition(":")
     if head != "synthetic":
@@ -152,6 +206,11 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
 
 
 def _parse_value(key: str, raw: str, valid_keys: str):
+    if key == "mark":
+        flag = {"0": False, "1": True, "false": False, "true": True}.get(raw.lower())
+        if flag is None:
+            raise CorpusError(f"synthetic key 'mark' must be 0 or 1 (or false/true) (got {raw!r}); {valid_keys}")
+        return flag
     try:
         if key == "lags":
             return tuple(int(k) for k in raw.split("+"))
@@ -177,6 +236,7 @@ class SyntheticLanguage:
     """The process of the module docstring for one spec: sampling, exact log-probabilities, entropy rate.
 
     Ids 0..V-1 are content tokens ("w17"), V+i is the cue for ``spec.lags[i]`` ("<lag20>").
+    Marked variant (``spec.marked``): V is ``<mark>`` and V+1+i the cue for ``spec.lags[i]``.
     """
 
     def __init__(self, spec: SyntheticSpec):
@@ -201,14 +261,17 @@ class SyntheticLanguage:
             self._log_transition = np.log(self.transition)
             self._log_stationary = np.log(self.stationary)
         self._lags = np.asarray(spec.lags, dtype=np.int64)
+        self.mark_id = V if spec.marked else None
+        self.cue_offset = V + 1 if spec.marked else V  # id of the cue for spec.lags[0]
 
     @property
     def num_tokens(self) -> int:
         """Vocabulary size including cue tokens."""
-        return self.spec.vocab_size + len(self.spec.lags)
+        return self.spec.vocab_size + int(self.spec.marked) + len(self.spec.lags)
 
     def itos(self) -> list[str]:
-        return [f"w{i}" for i in range(self.spec.vocab_size)] + [f"<lag{k}>" for k in self.spec.lags]
+        mark = ["<mark>"] if self.spec.marked else []
+        return [f"w{i}" for i in range(self.spec.vocab_size)] + mark + [f"<lag{k}>" for k in self.spec.lags]
 
     def entropy_rate(self) -> float:
         """Entropy rate in nats/token (module docstring); exp of it is the best achievable perplexity."""
@@ -216,7 +279,12 @@ class SyntheticLanguage:
         w = self.weights
         row_entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=1)
         binary = 0.0 if c == 0 else -c * math.log(c) - (1 - c) * math.log(1 - c)
-        h_free = binary + c * math.log(L) + (1 - c) * float(self.stationary @ row_entropy)
+        hc = float(self.stationary @ row_entropy)  # mean entropy of one chain draw
+        if self.spec.marked:
+            mean_k = float(np.mean(self._lags))
+            cycle_entropy = binary + (1 - c) * hc + c * (math.log(L) + hc * mean_k)
+            return cycle_entropy / ((1 - c) + c * (mean_k + 3))
+        h_free = binary + c * math.log(L) + (1 - c) * hc
         return h_free / (1 + c)
 
     # ------------------------------------------------------------------ sampling
@@ -229,6 +297,8 @@ class SyntheticLanguage:
         if n < 1:
             raise ValueError(f"n must be >= 1; got {n}")
         rng = _rng(generator_or_seed)
+        if self.spec.marked:
+            return self._sample_marked(n, rng)
         V, lags = self.spec.vocab_size, self._lags
         # Unit j has exactly j non-cue tokens before it, so "no cue before
         # max(lags) non-cue tokens exist" means units 0..max(lags)-1 are chain units.
@@ -253,6 +323,36 @@ class SyntheticLanguage:
         ids[cue_at] = V + lag_index[is_recall]
         ids[cue_at + 1] = values[is_recall]
         lag_out[cue_at + 1] = lag[is_recall]
+        return torch.from_numpy(ids[:n].copy()), torch.from_numpy(lag_out[:n].copy())
+
+    def _sample_marked(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample`` for the marked variant: cycles of one chain draw, or mark, source, K-1 draws, cue, copy."""
+        lags = self._lags
+        # Cycle i is a recall (type B) with probability c, of K+3 tokens, else one
+        # chain draw. n cycles always reach n tokens; keep those up to the first that does.
+        is_recall = rng.random(n) < self.spec.cue_rate
+        lag_index = rng.integers(len(lags), size=n)
+        k = lags[lag_index]
+        lengths = np.where(is_recall, k + 3, 1)
+        ends = np.cumsum(lengths)
+        n_cycles = int(np.searchsorted(ends, n)) + 1
+        is_recall, lag_index, k, ends = is_recall[:n_cycles], lag_index[:n_cycles], k[:n_cycles], ends[:n_cycles]
+        starts = ends - np.where(is_recall, k + 3, 1)
+        total = int(ends[-1])
+
+        mark_at = starts[is_recall]
+        source_at = mark_at + 1
+        cue_at = source_at + k[is_recall]
+        copy_at = cue_at + 1
+        ids = np.empty(total, dtype=np.int64)
+        lag_out = np.zeros(total, dtype=np.int64)
+        is_chain = np.ones(total, dtype=bool)
+        is_chain[mark_at] = is_chain[cue_at] = is_chain[copy_at] = False
+        ids[is_chain] = self._chain(int(is_chain.sum()), rng)  # chain draws in stream order
+        ids[mark_at] = self.mark_id
+        ids[cue_at] = self.cue_offset + lag_index[is_recall]
+        ids[copy_at] = ids[source_at]
+        lag_out[copy_at] = k[is_recall]
         return torch.from_numpy(ids[:n].copy()), torch.from_numpy(lag_out[:n].copy())
 
     def _chain(self, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -282,6 +382,8 @@ class SyntheticLanguage:
         V, c, L = self.spec.vocab_size, self.spec.cue_rate, len(self.spec.lags)
         if x.size and (x.min() < 0 or x.max() >= self.num_tokens):
             raise ValueError(f"ids must be in [0, {self.num_tokens}); got range [{x.min()}, {x.max()}]")
+        if self.spec.marked:
+            return torch.from_numpy(self._log_prob_marked(x))
         n = x.size
         logp = np.full(n, -np.inf)
         is_cue = x >= V
@@ -316,6 +418,60 @@ class SyntheticLanguage:
         draw[has_state] = self._log_transition[x[state_at[t[has_state]]], x[t[has_state]]]
         logp[t] = np.where(cue_allowed[t], log_content, 0.0) + draw
         return torch.from_numpy(logp)
+
+    def _log_prob_marked(self, x: np.ndarray) -> np.ndarray:
+        """``log_prob`` for the marked variant: a sequential scan of the process's state (module docstring).
+
+        After an impossible token the scan goes on from the state the token
+        would lead to where that is clear: content is read as what its position
+        expects (chain draw or copy), a mark starts a new recall, a cue while a
+        recall is pending ends it (the copy of its source comes next), and a
+        cue with none pending changes nothing.
+        """
+        V, c, lags = self.spec.vocab_size, self.spec.cue_rate, self.spec.lags
+        mark, cue0, max_lag = self.mark_id, self.cue_offset, lags[-1]
+        neg_inf = -math.inf
+        log_c, log_free_content = math.log(c), math.log1p(-c)
+        # Per j (chain draws since the source): the cue allowed next, log h, log(1-h).
+        cue_at_j, log_h, log_not_h = [], [], []
+        for j in range(max_lag):
+            remaining = sum(1 for k in lags if k >= j + 1)
+            h = 1.0 / remaining if (j + 1) in lags else 0.0
+            cue_at_j.append(cue0 + lags.index(j + 1) if h > 0 else -1)
+            log_h.append(math.log(h) if h > 0 else neg_inf)
+            log_not_h.append(math.log1p(-h) if h < 1 else neg_inf)
+        log_p = self._log_transition.tolist()
+        log_pi = self._log_stationary.tolist()
+
+        FREE, AFTER_MARK, PENDING, AFTER_CUE = range(4)
+        mode, j, source, state = FREE, 0, -1, -1  # state: last chain draw (-1: none yet, draw from pi)
+        out = [neg_inf] * x.size
+        for t, tok in enumerate(x.tolist()):
+            if tok < V:  # content
+                if mode == AFTER_CUE:  # the forced copy
+                    out[t] = 0.0 if tok == source else neg_inf
+                    mode = FREE
+                    continue
+                draw = log_pi[tok] if state < 0 else log_p[state][tok]
+                if mode == FREE:
+                    out[t] = log_free_content + draw
+                elif mode == AFTER_MARK:  # the source
+                    out[t] = draw
+                    mode, j, source = PENDING, 0, tok
+                else:  # PENDING
+                    out[t] = (log_not_h[j] if j < max_lag else neg_inf) + draw
+                    j += 1
+                state = tok
+            elif tok == mark:
+                out[t] = log_c if mode == FREE else neg_inf
+                mode = AFTER_MARK
+            else:  # a cue
+                if mode == PENDING:
+                    ok = j < max_lag and tok == cue_at_j[j]
+                    out[t] = log_h[j] if ok else neg_inf
+                    mode = AFTER_CUE
+                # else: impossible (out[t] stays -inf) and the state is unchanged
+        return np.asarray(out, dtype=np.float64)
 
 
 def _stationary(P: np.ndarray) -> np.ndarray:
@@ -353,8 +509,13 @@ def make_synthetic_corpus(spec: SyntheticSpec) -> Corpus:
         for i, (split, n) in enumerate(sizes.items(), start=1)
     }
     rate = language.entropy_rate()
+    variant = (
+        "marked recalls: <mark> before each source, the cue just before its copy"
+        if spec.marked
+        else "n-back recalls: the cue comes only just before the copy"
+    )
     note = (
-        f"generated in-process by probe.synthetic ({spec.describe()}); train/valid/test are independent "
+        f"generated in-process by probe.synthetic ({spec.describe()}; {variant}); train/valid/test are independent "
         f"samples of {spec.n_train}/{spec.n_valid}/{spec.n_test} tokens; entropy rate {rate:.4f} nats/token "
         f"(best achievable perplexity {math.exp(rate):.3f})"
     )
