@@ -1,13 +1,23 @@
 """Training with Zaremba et al.'s protocol: ``train(RunConfig) -> RunResult``.
 
-Plain SGD, learning rate held for ``decay_after`` epochs and then divided by
-``lr_decay`` every epoch, gradient norm clipped, hidden state carried across
+By default (and in the small/medium/large presets) plain SGD, learning rate
+held for ``decay_after`` epochs and then divided by ``lr_decay`` every epoch
+(``schedule="fixed"``), gradient norm clipped, hidden state carried across
 BPTT windows (detached) and reset at each epoch start, evaluation with
-carried state and no dropout. A run is a pure function of its configuration:
-its folder (keyed by a hash of the configuration) holds the configuration,
-per-epoch metrics and a checkpoint after every epoch from which it resumes
-to bit-identical results. A loss that turns NaN or infinite ends the run
-with status ``diverged`` instead of an exception.
+carried state and no dropout. ``optimizer="adam"`` uses torch's Adam instead;
+``schedule="plateau"`` divides the learning rate by ``lr_decay`` after every
+epoch whose validation loss did not improve on the best so far (as
+pytorch/examples' word_language_model does). ``select`` picks the epoch whose
+model the run reports and returns: the one with the lowest validation
+perplexity (``"best"``, the default) or the last (``"final"``); the final
+epoch's perplexities are reported beside it either way.
+
+A run is a pure function of its configuration: its folder (keyed by a hash
+of the configuration) holds the configuration, per-epoch metrics and a
+checkpoint after every epoch (weights, optimizer state, RNG states and the
+best epoch's weights) from which it resumes to bit-identical results. A loss
+that turns NaN or infinite ends the run with status ``diverged`` instead of
+an exception.
 
     python -m probe.train --corpus tinyshakespeare --placement variational --preset tiny
 """
@@ -25,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +48,9 @@ from .model import LanguageModel, ModelConfig, detach_state
 from .placements import parse_placement
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("fixed", "plateau")
+SELECTIONS = ("best", "final")
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,10 @@ class RunConfig:
     backend: str = "auto"
     # Train on only the first N training tokens (None: all); studies use it to fit a CPU budget.
     train_tokens: int | None = None
+    optimizer: str = "sgd"  # "sgd": p -= lr * grad; "adam": torch.optim.Adam(lr=lr), default betas
+    schedule: str = "fixed"  # "fixed": Zaremba's; "plateau": divide by lr_decay after a non-improving epoch
+    select: str = "best"  # reported/returned model: lowest validation perplexity ("best") or last ("final")
+    forget_bias: float = 0.0  # added to the forget-gate biases after init (probe.model.ModelConfig)
 
     def __post_init__(self):
         positive = ("num_layers", "hidden_size", "emb_size", "batch_size", "bptt", "epochs")
@@ -79,10 +97,16 @@ class RunConfig:
             raise ValueError(f"decay_after must be >= 0; got {self.decay_after}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        for name, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("select", SELECTIONS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
         parse_placement(self.placement)
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate of 1-based ``epoch``: held, then divided by lr_decay per epoch."""
+        """The fixed schedule's learning rate of 1-based ``epoch``: held, then divided by lr_decay per epoch.
+
+        (Whatever ``schedule`` is; ``learning_rates`` gives a run's actual ones.)
+        """
         return self.lr / self.lr_decay ** max(0, epoch - self.decay_after)
 
     def run_id(self) -> str:
@@ -100,6 +124,7 @@ class RunConfig:
             init_scale=self.init_scale,
             placement=self.placement,
             backend=self.backend,
+            forget_bias=self.forget_bias,
         )
 
 
@@ -108,14 +133,17 @@ PRESETS: dict[str, dict] = {
     "small": dict(
         placement="none", num_layers=2, hidden_size=200, emb_size=200, batch_size=20, bptt=20,
         lr=1.0, lr_decay=2.0, decay_after=4, epochs=13, clip=5.0, init_scale=0.1,
+        optimizer="sgd", schedule="fixed",
     ),
     "medium": dict(
         placement="zaremba:p=0.5", num_layers=2, hidden_size=650, emb_size=650, batch_size=20, bptt=35,
         lr=1.0, lr_decay=1.2, decay_after=6, epochs=39, clip=5.0, init_scale=0.05,
+        optimizer="sgd", schedule="fixed",
     ),
     "large": dict(
         placement="zaremba:p=0.65", num_layers=2, hidden_size=1500, emb_size=1500, batch_size=20, bptt=35,
         lr=1.0, lr_decay=1.15, decay_after=14, epochs=55, clip=10.0, init_scale=0.04,
+        optimizer="sgd", schedule="fixed",
     ),
     # Seconds on a CPU: for tests and smoke runs.
     # lr and init are larger than Zaremba's: at lr=1, init 0.1, two 32-unit layers sit on
@@ -125,6 +153,50 @@ PRESETS: dict[str, dict] = {
         lr=10.0, lr_decay=2.0, decay_after=2, epochs=3, clip=5.0, init_scale=0.3,
     ),
 }
+
+
+def learning_rates(config: RunConfig, valid_history) -> list[float]:
+    """The learning rates of epochs 1 .. len(valid_history) + 1, given the validation
+    perplexities (or losses) of the epochs finished so far.
+
+    ``fixed``: ``config.lr_at(epoch)`` (the history is not consulted). ``plateau``:
+    ``config.lr`` divided by ``lr_decay`` once for every finished epoch whose
+    validation value was not strictly below the best before it (the first
+    epoch always is; NaN never); ``decay_after`` is not used. Pure, so a resumed run rederives its schedule
+    from the per-epoch history in its checkpoint.
+    """
+    n = len(valid_history) + 1
+    if config.schedule == "fixed":
+        return [config.lr_at(epoch) for epoch in range(1, n + 1)]
+    rates, misses, best = [config.lr], 0, None
+    for value in valid_history:
+        if _improves(value, best):
+            best = value
+        else:
+            misses += 1
+        rates.append(config.lr / config.lr_decay**misses)
+    return rates
+
+
+def _improves(value: float, best: float | None) -> bool:
+    """Whether a validation value beats the best so far (None: no epoch yet); NaN never does."""
+    return not math.isnan(value) and (best is None or value < best)
+
+
+def best_epoch(epochs: list[dict]) -> int | None:
+    """The 1-based epoch with the lowest ``valid_ppl`` (the first of equals; NaN never), or None."""
+    best, best_value = None, None
+    for e in epochs:
+        if _improves(e["valid_ppl"], best_value):
+            best, best_value = e["epoch"], e["valid_ppl"]
+    return best
+
+
+def selected_epoch(config: RunConfig, epochs: list[dict]) -> int | None:
+    """The epoch whose model the run reports: ``best_epoch`` or the last, per ``config.select``."""
+    if not epochs:
+        return None
+    return best_epoch(epochs) if config.select == "best" else epochs[-1]["epoch"]
 
 
 def preset(name: str, **overrides) -> RunConfig:
@@ -144,8 +216,12 @@ class RunResult:
     config: RunConfig
     status: str  # "finished" or "diverged"
     epochs: list[dict] = field(default_factory=list)
-    valid_ppl: float = math.nan
-    test_ppl: float = math.nan
+    valid_ppl: float = math.nan  # of the selected epoch's model
+    test_ppl: float = math.nan  # of the selected epoch's model
+    best_epoch: int | None = None  # lowest validation perplexity
+    selected_epoch: int | None = None  # best_epoch or the last epoch, per config.select (None if diverged)
+    final_valid_ppl: float = math.nan  # of the last epoch's model
+    final_test_ppl: float = math.nan  # of the last epoch's model
     seconds: float = 0.0
     run_dir: str | None = None
     model: LanguageModel | None = None
@@ -197,21 +273,40 @@ def _set_rng_states(states: dict, mask_gen: torch.Generator) -> None:
     np.random.set_state(states["numpy"])
 
 
-def _save_checkpoint(path: Path, model, mask_gen, epoch: int, epochs: list[dict], config: RunConfig) -> None:
+def _save_checkpoint(
+    path: Path, model, mask_gen, optimizer, best: dict, epoch: int, epochs: list[dict], config: RunConfig
+) -> None:
+    """``best``: ``{"epoch", "model"}``, the best epoch's state_dict; when that is this
+    epoch the model's own tensors are passed, which torch.save stores only once."""
     import io
 
+    model_state = model.state_dict()
+    best_state = model_state if best["epoch"] == epoch else best["model"]
     buf = io.BytesIO()
     torch.save(
         {
             "config": dataclasses.asdict(config),
             "epoch": epoch,
             "epochs": epochs,
-            "model": model.state_dict(),
+            "model": model_state,
+            "best": {"epoch": best["epoch"], "model": best_state},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "rng": _rng_states(mask_gen),
         },
         buf,
     )
     write_atomic(path, buf.getvalue())
+
+
+def _clone_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _make_optimizer(config: RunConfig, model):
+    """None for plain SGD (updated by hand in ``_train_epoch``), else a torch optimizer."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    return None
 
 
 # --- training -------------------------------------------------------------
@@ -238,13 +333,16 @@ def train(
     data_dir: str | Path | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    log: Callable[[dict], None] | None = None,
 ) -> RunResult:
-    """Train (or resume) one run; returns its result with the trained model.
+    """Train (or resume) one run; returns its result with the selected epoch's model.
 
     ``run_dir``: where config, metrics and checkpoint live; a run found there
-    with the same configuration resumes after its last finished epoch.
+    with the same configuration resumes after its last finished epoch (a
+    finished one only re-evaluates its selected and final models).
     ``stop_after_epoch`` ends the call early (as an interruption would), for
-    tests of resumption.
+    tests of resumption. ``log``: called with each epoch's metrics dict as the
+    epoch ends (first with those of epochs restored from a checkpoint).
     """
     if corpus is None:
         corpus = load_corpus(config.corpus, data_dir, split=config.split)
@@ -254,8 +352,10 @@ def train(
     valid_data = batchify(corpus.valid, config.batch_size).to(device)
     test_data = batchify(corpus.test, config.batch_size).to(device)
 
+    optimizer = _make_optimizer(config, model)
     run_path = Path(run_dir) if run_dir is not None else None
     epochs: list[dict] = []
+    best: dict = {"epoch": None, "model": None}  # the best epoch so far and its state_dict
     start_epoch = 1
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -265,23 +365,35 @@ def train(
         if ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
             model.load_state_dict(ckpt["model"])
+            if optimizer is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
             _set_rng_states(ckpt["rng"], mask_gen)
             epochs = ckpt["epochs"]
+            best = ckpt["best"]
             start_epoch = ckpt["epoch"] + 1
+    if log is not None:
+        for e in epochs:
+            log(e)
 
     status = "finished"
     t_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         if stop_after_epoch is not None and epoch > stop_after_epoch:
-            return RunResult(config, "interrupted", epochs, run_dir=str(run_path) if run_path else None, model=model)
-        lr = config.lr_at(epoch)
+            return RunResult(config, "interrupted", epochs, best_epoch=best["epoch"],
+                             run_dir=str(run_path) if run_path else None, model=model)
+        lr = learning_rates(config, [e["valid_ppl"] for e in epochs])[epoch - 1]
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         t0 = time.perf_counter()
-        train_nll = _train_epoch(model, train_data, config, lr, mask_gen, progress, epoch)
+        train_nll = _train_epoch(model, train_data, config, lr, optimizer, mask_gen, progress, epoch)
         seconds = time.perf_counter() - t0
         # NaN/inf, or a loss so large its perplexity overflows (math.exp would raise).
         if not math.isfinite(_ppl(train_nll)):
             status = "diverged"
             epochs.append({"epoch": epoch, "lr": lr, "train_ppl": math.inf, "valid_ppl": math.nan, "seconds": seconds})
+            if log is not None:
+                log(epochs[-1])
             break
         valid_nll = evaluate(model, valid_data, config.bptt)
         if not math.isfinite(valid_nll):  # weights turned NaN/inf on the epoch's last updates
@@ -296,17 +408,30 @@ def train(
                 "words_per_sec": train_data.numel() / seconds,
             }
         )
+        if log is not None:
+            log(epochs[-1])
         if status == "diverged":
             break
+        if best_epoch(epochs) == epoch:
+            best = {"epoch": epoch, "model": _clone_state(model)}
         if run_path is not None:
-            _save_checkpoint(run_path / "checkpoint.pt", model, mask_gen, epoch, epochs, config)
+            _save_checkpoint(run_path / "checkpoint.pt", model, mask_gen, optimizer, best, epoch, epochs, config)
             write_json_atomic(run_path / "metrics.json", epochs)
 
-    result = RunResult(config, status, epochs, run_dir=str(run_path) if run_path else None, model=model)
+    result = RunResult(config, status, epochs, best_epoch=best["epoch"],
+                       run_dir=str(run_path) if run_path else None, model=model)
     result.seconds = sum(e["seconds"] for e in epochs)
     if status == "finished":
-        result.valid_ppl = epochs[-1]["valid_ppl"] if epochs else _ppl(evaluate(model, valid_data, config.bptt))
-        result.test_ppl = _ppl(evaluate(model, test_data, config.bptt))
+        final = epochs[-1]["epoch"]
+        result.final_valid_ppl = epochs[-1]["valid_ppl"]
+        result.final_test_ppl = _ppl(evaluate(model, test_data, config.bptt))
+        result.selected_epoch = selected_epoch(config, epochs)
+        if result.selected_epoch == final:
+            result.valid_ppl, result.test_ppl = result.final_valid_ppl, result.final_test_ppl
+        else:  # the best epoch's weights replace the final ones in the returned model
+            model.load_state_dict(best["model"])
+            result.valid_ppl = epochs[result.selected_epoch - 1]["valid_ppl"]
+            result.test_ppl = _ppl(evaluate(model, test_data, config.bptt))
     if run_path is not None:
         write_json_atomic(run_path / "result.json", result.to_json() | {"wall_seconds": time.perf_counter() - t_start})
     return result
@@ -330,7 +455,7 @@ def _check_same_config(run_path: Path, config: RunConfig) -> None:
         )
 
 
-def _train_epoch(model, data, config: RunConfig, lr: float, mask_gen, progress: bool, epoch: int) -> float:
+def _train_epoch(model, data, config: RunConfig, lr: float, optimizer, mask_gen, progress: bool, epoch: int) -> float:
     """One pass over the training stream; returns the mean NLL (nan or inf if it diverged)."""
     model.train()
     state = model.init_state(data.shape[1])
@@ -350,9 +475,12 @@ def _train_epoch(model, data, config: RunConfig, lr: float, mask_gen, progress: 
         model.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.clip)
-        with torch.no_grad():
-            for p in params:
-                p.add_(p.grad, alpha=-lr)
+        if optimizer is not None:
+            optimizer.step()  # its param_groups' lr is set to ``lr`` by the caller
+        else:
+            with torch.no_grad():
+                for p in params:
+                    p.add_(p.grad, alpha=-lr)
         total += loss.item() * y.numel()
         count += y.numel()
         if progress:
@@ -381,13 +509,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", help="placement spec, e.g. variational:p=0.5,rec=0.3 (see probe.placements)")
     help_text = {
         "num_layers": "LSTM layers", "hidden_size": "units per layer", "emb_size": "embedding size",
-        "batch_size": "parallel streams", "bptt": "BPTT window length", "lr": "initial SGD learning rate",
-        "lr_decay": "divide the learning rate by this every epoch after --decay-after",
-        "decay_after": "epochs at the initial learning rate", "epochs": "training epochs",
+        "batch_size": "parallel streams", "bptt": "BPTT window length",
+        "lr": "initial learning rate (of SGD or Adam; Adam wants about 1e-3)",
+        "lr_decay": "divide the learning rate by this: every epoch after --decay-after (fixed schedule), "
+                    "or after every epoch that did not improve validation loss (plateau schedule)",
+        "decay_after": "epochs at the initial learning rate (fixed schedule only)", "epochs": "training epochs",
         "clip": "max gradient norm", "init_scale": "uniform(-s, s) initialisation", "seed": "random seed",
         "device": "cpu or cuda", "dtype": "float32, float64 or bfloat16",
         "backend": "recurrence backend: auto, reference or triton",
         "train_tokens": "train on only the first N training tokens",
+        "forget_bias": "added to every forget-gate bias after the uniform init (0: Zaremba; 1: Jozefowicz et al. 2015)",
+        "optimizer": "sgd (plain p -= lr * grad, the default) or adam (torch.optim.Adam, default betas)",
+        "schedule": "fixed (Zaremba's: hold, then decay every epoch; the default) or plateau (decay after "
+                    "every epoch whose validation loss did not improve on the best so far)",
+        "select": "which epoch's model the run reports and keeps: best (lowest validation perplexity, the "
+                  "default) or final (the last epoch); the final epoch's perplexities are reported either way",
     }
     for f in dataclasses.fields(RunConfig):
         if f.name in ("corpus", "split", "placement", "tie_weights"):
@@ -422,11 +558,27 @@ def main(argv=None) -> int:
         return 2
     run_dir = (args.runs_dir or default_runs_dir()) / config.run_id()
     print(f"run {config.run_id()} -> {run_dir}\ncorpus: {corpus.label}: {corpus.split_note}", file=sys.stderr)
-    result = train(config, run_dir, corpus=corpus, progress=not args.no_progress)
-    for e in result.epochs:
-        print(f"epoch {e['epoch']:3d}  lr {e['lr']:.4g}  train ppl {e['train_ppl']:.2f}  valid ppl {e['valid_ppl']:.2f}")
-    print(f"{result.status}: valid ppl {result.valid_ppl:.2f}, test ppl {result.test_ppl:.2f}, run folder {run_dir}")
+    result = train(config, run_dir, corpus=corpus, progress=not args.no_progress, log=_print_epoch)
+    print(_summary_line(result, run_dir))
     return 0 if result.status == "finished" else 1
+
+
+def _print_epoch(e: dict) -> None:
+    speed = f"  {e['words_per_sec']:.0f} words/s" if "words_per_sec" in e else ""
+    print(f"epoch {e['epoch']:3d}  lr {e['lr']:.4g}  train ppl {e['train_ppl']:.2f}  valid ppl {e['valid_ppl']:.2f}"
+          f"{speed}", file=sys.stderr, flush=True)
+
+
+def _summary_line(result: RunResult, run_dir) -> str:
+    if result.status != "finished":
+        return f"{result.status} after {len(result.epochs)} epochs, run folder {run_dir}"
+    final = result.epochs[-1]["epoch"] if result.epochs else None
+    line = (f"{result.status}: epoch {result.selected_epoch} selected (--select {result.config.select}; best epoch "
+            f"{result.best_epoch} of {final}): valid ppl {result.valid_ppl:.2f}, test ppl {result.test_ppl:.2f}")
+    if result.selected_epoch != final:
+        line += (f"; final epoch {final}: valid ppl {result.final_valid_ppl:.2f}, "
+                 f"test ppl {result.final_test_ppl:.2f}")
+    return line + f", run folder {run_dir}"
 
 
 if __name__ == "__main__":

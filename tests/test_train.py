@@ -1,4 +1,5 @@
-"""probe.train: learning, determinism, bit-identical resumption, divergence, run folders, presets, CLI.
+"""probe.train: learning, determinism, bit-identical resumption, divergence, run folders, schedules,
+optimizers, model selection, presets, CLI.
 
 Runs use the ``tiny`` preset on small synthetic corpora so the whole file
 takes seconds; module-scoped fixtures share the runs several tests read.
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from probe.data import batchify, load_corpus
 from probe.model import LanguageModel
 from probe.placements import PLACEMENT_NAMES, Scope, Site, parse_placement
-from probe.train import PRESETS, RunConfig, preset, train
+from probe.train import PRESETS, RunConfig, best_epoch, evaluate, learning_rates, preset, selected_epoch, train
 
 CORPUS = "synthetic:train=20000,valid=4000,test=4000"
 SMALL_CORPUS = "synthetic:train=5000,valid=1000,test=1000"
@@ -32,6 +33,13 @@ TIMING = ("seconds", "words_per_sec")
 
 def metrics(epochs: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if k not in TIMING} for e in epochs]
+
+
+def assert_same_parameters_as_state(model, state: dict):
+    a = model.state_dict()
+    assert a.keys() == state.keys()
+    for name in a:
+        assert torch.equal(a[name], state[name]), name
 
 
 def assert_same_parameters(model_a, model_b):
@@ -53,11 +61,18 @@ def small_corpus():
 
 # Two epochs with the learning rate halved in the second, and dropout masks
 # drawn every step: resumption must restore the weights, the schedule and the
-# mask generator.
+# mask generator (and Adam's moments and step counts).
 RESUME_CONFIGS = {
     "zaremba": preset("tiny", corpus=SMALL_CORPUS, epochs=2, decay_after=1, seed=3),
     "weight_drop": preset("tiny", corpus=SMALL_CORPUS, placement="weight_drop:emb=0.1", epochs=2, decay_after=1, seed=3),
+    "adam": preset("tiny", corpus=SMALL_CORPUS, optimizer="adam", lr=0.01, epochs=2, decay_after=1, seed=3),
 }
+
+# 800 training tokens and Adam at a high constant rate: the model memorises
+# them and validation perplexity bottoms out at epoch 6, then rises (train ppl
+# ~4, valid ppl 21 at epoch 6 and 28 at epoch 8 with this seed).
+OVERFIT = preset("tiny", corpus=SMALL_CORPUS, placement="none", optimizer="adam", lr=0.03, train_tokens=800,
+                 batch_size=4, epochs=8, decay_after=8)
 
 
 @pytest.fixture(scope="module", params=list(RESUME_CONFIGS))
@@ -120,6 +135,8 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(uninterrupted, sma
     stopped = train(config, run_dir, corpus=small_corpus, progress=False, stop_after_epoch=1)
     assert stopped.status == "interrupted" and len(stopped.epochs) == 1
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    if config.optimizer == "adam":  # the moments to resume from are in the checkpoint
+        assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
     resumed = train(config, run_dir, corpus=small_corpus, progress=False)
     assert resumed.status == "finished"
     assert [e["lr"] for e in resumed.epochs] == [config.lr, config.lr / config.lr_decay]  # decays in epoch 2
@@ -154,10 +171,16 @@ def test_run_folder_holds_config_metrics_checkpoint_and_result(uninterrupted):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "finished" and result["run_id"] == config.run_id()
     assert result["valid_ppl"] == uninterrupted.valid_ppl and result["test_ppl"] == uninterrupted.test_ppl
+    for key in ("best_epoch", "selected_epoch", "final_valid_ppl", "final_test_ppl"):
+        assert result[key] == getattr(uninterrupted, key), key
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == config.epochs
+    assert checkpoint["best"]["epoch"] == uninterrupted.best_epoch == uninterrupted.selected_epoch
+    # The returned model is the selected (best) epoch's; "model" is the last epoch's, to resume from.
     for name, tensor in uninterrupted.model.state_dict().items():
-        assert torch.equal(checkpoint["model"][name], tensor), name
+        assert torch.equal(checkpoint["best"]["model"][name], tensor), name
+    if uninterrupted.selected_epoch == config.epochs:
+        assert_same_parameters_as_state(uninterrupted.model, checkpoint["model"])
 
 
 def test_reusing_a_run_folder_with_another_config_raises(uninterrupted, small_corpus):
@@ -196,6 +219,8 @@ def test_a_diverging_run_ends_with_status_diverged(overrides, small_corpus, tmp_
     assert math.isnan(result.test_ppl)
     saved = json.loads((run_dir / "result.json").read_text())
     assert saved["status"] == "diverged" and saved["epochs"][-1]["train_ppl"] == math.inf
+    assert saved["selected_epoch"] is None and result.selected_epoch is None
+    assert math.isnan(result.final_test_ppl) and math.isnan(result.valid_ppl)
 
 
 def test_the_nan_setting_really_produces_a_nan_loss(small_corpus):
@@ -209,7 +234,113 @@ def test_the_nan_setting_really_produces_a_nan_loss(small_corpus):
     assert not torch.isfinite(loss)
 
 
+# --- model selection -------------------------------------------------------------
+
+
+def test_best_epoch_is_the_first_lowest_validation_perplexity_and_never_nan():
+    history = [{"epoch": i + 1, "valid_ppl": v} for i, v in enumerate([9.0, 7.0, math.nan, 7.0, 8.0])]
+    assert best_epoch(history) == 2
+    assert best_epoch([]) is None and best_epoch([{"epoch": 1, "valid_ppl": math.nan}]) is None
+    assert best_epoch([{"epoch": 1, "valid_ppl": math.inf}]) == 1  # finite loss, overflowing perplexity
+    assert selected_epoch(preset("tiny"), history) == 2
+    assert selected_epoch(preset("tiny", select="final"), history) == 5
+
+
+def ppl_of_state(state: dict, config: RunConfig, corpus, split: str) -> float:
+    model = LanguageModel(config.model_config(len(corpus.vocab)))
+    model.load_state_dict(state)
+    return math.exp(evaluate(model, batchify(getattr(corpus, split), config.batch_size), config.bptt))
+
+
+@pytest.fixture(scope="module")
+def overfit(small_corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("overfit") / OVERFIT.run_id()
+    return train(OVERFIT, run_dir, corpus=small_corpus, progress=False)
+
+
+def test_the_overfitting_run_gets_worse_after_its_best_epoch(overfit):
+    """Guards the selection tests: their run must have a best epoch before its last."""
+    valid = [e["valid_ppl"] for e in overfit.epochs]
+    assert overfit.status == "finished" and len(valid) == OVERFIT.epochs
+    assert overfit.best_epoch == valid.index(min(valid)) + 1 < OVERFIT.epochs
+    assert valid[-1] > 1.1 * min(valid)
+
+
+def test_select_best_reports_and_returns_the_best_epochs_model(overfit, small_corpus):
+    run_dir = Path(overfit.run_dir)
+    best = overfit.best_epoch
+    assert overfit.selected_epoch == best
+    assert overfit.valid_ppl == overfit.epochs[best - 1]["valid_ppl"]
+    assert overfit.final_valid_ppl == overfit.epochs[-1]["valid_ppl"] > overfit.valid_ppl
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == OVERFIT.epochs and checkpoint["best"]["epoch"] == best
+    assert_same_parameters_as_state(overfit.model, checkpoint["best"]["model"])
+    # The reported perplexities are those of the best checkpoint's model; the final ones of the last model.
+    assert overfit.test_ppl == pytest.approx(ppl_of_state(checkpoint["best"]["model"], OVERFIT, small_corpus, "test"))
+    assert overfit.valid_ppl == pytest.approx(ppl_of_state(checkpoint["best"]["model"], OVERFIT, small_corpus, "valid"))
+    assert overfit.final_test_ppl == pytest.approx(ppl_of_state(checkpoint["model"], OVERFIT, small_corpus, "test"))
+    assert overfit.test_ppl != pytest.approx(overfit.final_test_ppl)
+    saved = json.loads((run_dir / "result.json").read_text())
+    assert (saved["best_epoch"], saved["selected_epoch"]) == (best, best)
+    assert (saved["valid_ppl"], saved["test_ppl"]) == (overfit.valid_ppl, overfit.test_ppl)
+    assert (saved["final_valid_ppl"], saved["final_test_ppl"]) == (overfit.final_valid_ppl, overfit.final_test_ppl)
+
+
+def test_a_finished_run_folder_returns_the_selected_model_not_the_final_one(overfit, small_corpus):
+    """What probe.grid does when a run is trained but its measurement is missing."""
+    again = train(OVERFIT, overfit.run_dir, corpus=small_corpus, progress=False)
+    assert again.epochs == overfit.epochs  # not trained again
+    assert (again.selected_epoch, again.test_ppl, again.final_test_ppl) == (
+        overfit.selected_epoch, overfit.test_ppl, overfit.final_test_ppl)
+    assert_same_parameters(again.model, overfit.model)
+
+
+def test_select_final_reports_the_last_epoch(overfit, small_corpus, tmp_path):
+    config = dataclasses.replace(OVERFIT, select="final")
+    run_dir = tmp_path / config.run_id()
+    final = train(config, run_dir, corpus=small_corpus, progress=False)
+    assert metrics(final.epochs) == metrics(overfit.epochs)  # selection does not change training
+    assert final.best_epoch == overfit.best_epoch and final.selected_epoch == config.epochs
+    assert final.valid_ppl == final.final_valid_ppl == final.epochs[-1]["valid_ppl"]
+    assert final.test_ppl == final.final_test_ppl == overfit.final_test_ppl
+    assert_same_parameters_as_state(final.model, torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"])
+    saved = json.loads((run_dir / "result.json").read_text())
+    assert saved["selected_epoch"] == config.epochs and saved["test_ppl"] == saved["final_test_ppl"]
+
+
 # --- schedule and presets ------------------------------------------------------
+
+
+def test_plateau_schedule_divides_after_every_epoch_that_did_not_improve():
+    config = preset("tiny", schedule="plateau", lr=8.0, lr_decay=4.0, decay_after=0)  # decay_after: not used
+    assert learning_rates(config, []) == [8.0]
+    history = [10.0, 9.0, 9.5, 8.0, 8.0, 7.0, math.nan]  # misses after epochs 3, 5 (a tie) and 7 (nan)
+    assert learning_rates(config, history) == [8.0, 8.0, 8.0, 2.0, 2.0, 0.5, 0.5, 0.125]
+    assert learning_rates(config, [math.inf, math.inf]) == [8.0, 8.0, 2.0]  # the first epoch always improves
+
+
+def test_fixed_schedule_ignores_the_validation_history():
+    config = preset("small")
+    assert learning_rates(config, [5.0] * 6) == [config.lr_at(e) for e in range(1, 8)]
+    assert learning_rates(config, [5.0] * 6) == learning_rates(config, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5])
+
+
+def test_adam_trains_at_the_schedules_rate(small_corpus):
+    """Same first epoch; a second at half the rate (decay_after=1) must train differently than at the full one."""
+    decayed = RESUME_CONFIGS["adam"]
+    held = dataclasses.replace(decayed, decay_after=2)
+    a, b = (train(c, corpus=small_corpus, progress=False) for c in (decayed, held))
+    assert [e["lr"] for e in a.epochs] == [0.01, 0.005] and [e["lr"] for e in b.epochs] == [0.01, 0.01]
+    assert metrics(a.epochs)[0] == metrics(b.epochs)[0]
+    assert a.epochs[1]["train_ppl"] != b.epochs[1]["train_ppl"]
+
+
+def test_a_plateau_run_trains_at_the_rates_its_history_implies(small_corpus):
+    config = dataclasses.replace(OVERFIT, schedule="plateau")
+    result = train(config, corpus=small_corpus, progress=False)
+    lrs = [e["lr"] for e in result.epochs]
+    assert lrs == learning_rates(config, [e["valid_ppl"] for e in result.epochs[:-1]])
+    assert lrs[0] == config.lr and min(lrs) < config.lr  # it did anneal (the run overfits)
 
 
 def test_lr_schedule_follows_zaremba():
@@ -239,6 +370,7 @@ def test_presets_match_the_zaremba_table(name):
     assert (config.init_scale, config.lr_decay, config.decay_after) == (init, decay, decay_after)
     assert (config.epochs, config.clip, config.bptt) == (epochs, clip, bptt)
     assert (config.batch_size, config.lr) == (20, 1.0)  # batch 20, plain SGD at learning rate 1
+    assert (config.optimizer, config.schedule, config.select) == ("sgd", "fixed", "best")
     placement = parse_placement(config.placement)
     # Dropout only on each layer's input and the top output, fresh mask every step.
     for site in (Site.INPUT, Site.OUTPUT):
@@ -265,11 +397,15 @@ def test_preset_overrides_and_unknown_names():
         (dict(clip=-1.0), "clip"),
         (dict(dtype="float16"), "float32"),
         (dict(placement="everywhere"), "valid names"),
+        (dict(optimizer="rmsprop"), "unknown optimizer 'rmsprop'; valid: sgd, adam"),
+        (dict(schedule="cosine"), "unknown schedule 'cosine'; valid: fixed, plateau"),
+        (dict(select="last"), "unknown select 'last'; valid: best, final"),
     ],
 )
 def test_bad_run_config_is_an_error(overrides, needle):
-    with pytest.raises(ValueError, match=needle):
+    with pytest.raises(ValueError, match=needle) as info:
         preset("tiny", **overrides)
+    assert "\n" not in str(info.value)
 
 
 # --- command line ---------------------------------------------------------------
@@ -286,7 +422,8 @@ def test_cli_help_lists_every_option(tmp_path):
     out = run_cli("--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     for flag in ("--preset", "--corpus", "--placement", "--epochs", "--lr-decay", "--decay-after", "--bptt",
-                 "--init-scale", "--runs-dir", "--no-progress", "--tie-weights", "--seed"):
+                 "--init-scale", "--runs-dir", "--no-progress", "--tie-weights", "--seed", "--optimizer",
+                 "--schedule", "--select"):
         assert flag in out.stdout, flag
 
 
@@ -300,7 +437,15 @@ def test_cli_trains_a_run_into_its_folder(tmp_path):
     for name in RUN_FILES:
         assert (runs / run_id / name).is_file(), name
     assert json.loads((runs / run_id / "result.json").read_text())["status"] == "finished"
-    assert "finished" in out.stdout and "epoch   1" in out.stdout
+    assert "epoch   1  lr 10" in out.stderr and "words/s" in out.stderr  # each epoch as it ends
+    assert out.stdout.startswith("finished: epoch 1 selected (--select best; best epoch 1 of 1)")
+
+
+def test_cli_bad_optimizer_exits_2_with_a_one_line_message(tmp_path):
+    out = run_cli("--optimizer", "rmsprop", "--corpus", SMALL_CORPUS, "--runs-dir", str(tmp_path / "runs"),
+                  "--no-progress", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr == "error: unknown optimizer 'rmsprop'; valid: sgd, adam\n"
 
 
 @pytest.mark.parametrize(
