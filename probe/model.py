@@ -42,6 +42,9 @@ class ModelConfig:
     init_scale: float = 0.1
     placement: str = "none"
     backend: str = "auto"
+    # Added to every forget-gate bias after the uniform initialisation (Gers et al. 2000; Jozefowicz et al.
+    # 2015 found 1.0 closes most of the LSTM's gap on long dependencies); 0 is Zaremba et al.'s init.
+    forget_bias: float = 0.0
 
     def __post_init__(self):
         for name in ("vocab_size", "emb_size", "hidden_size", "num_layers"):
@@ -110,6 +113,11 @@ class LanguageModel(nn.Module):
         s = self.config.init_scale
         for p in self.parameters():
             nn.init.uniform_(p, -s, s)
+        if self.config.forget_bias:
+            H = self.config.hidden_size
+            with torch.no_grad():
+                for layer in self.layers:
+                    layer.bias[H:2 * H] += self.config.forget_bias  # gate order i, f, g, o
 
     def init_state(self, batch_size: int) -> State:
         p = self.decoder.weight

@@ -366,3 +366,19 @@ def test_model_config_is_frozen():
     config = ModelConfig(vocab_size=V)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.hidden_size = 3
+
+
+def test_forget_bias_shifts_only_the_forget_gate_biases():
+    from probe.model import LanguageModel, ModelConfig
+
+    def model(forget_bias):
+        torch.manual_seed(3)
+        return LanguageModel(ModelConfig(vocab_size=11, emb_size=6, hidden_size=5, num_layers=2, init_scale=0.1,
+                                         placement="none", forget_bias=forget_bias))
+
+    plain, shifted = model(0.0), model(1.0)
+    for a, b in zip(plain.layers, shifted.layers):
+        H = 5
+        assert torch.allclose(b.bias[H:2 * H] - a.bias[H:2 * H], torch.ones(H))
+        assert torch.equal(torch.cat([a.bias[:H], a.bias[2 * H:]]), torch.cat([b.bias[:H], b.bias[2 * H:]]))
+        assert torch.equal(a.w_hh, b.w_hh) and torch.equal(a.w_ih, b.w_ih)
