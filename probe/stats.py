@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from probe import measure_names
+
 # The columns that identify one curve point of one run in a tidy table.
 TIDY_KEYS = ("placement", "measure", "x_name", "x", "layer", "mode")
 # Exact permutation tests enumerate every split up to this many; beyond, a seeded Monte Carlo test.
@@ -362,81 +364,6 @@ def _seed_values(x) -> np.ndarray:
     return _present(x)
 
 
-# --- the measures' names and units ---------------------------------------------
-
-# Readable names and units of the measures the tidy tables carry (sentences, axes, tables).
-# Both the names in the issue ("influence_kl_eval") and probe.measure's ("influence_kl" with a mode) appear.
-MEASURE_LABELS = {
-    "valid_ppl": ("validation perplexity", ""),
-    "test_ppl": ("test perplexity", ""),
-    "train_ppl": ("training perplexity", ""),
-    "valid_ppl_epoch": ("validation perplexity per epoch", ""),
-    "effective_context": ("effective context", "tokens"),
-    "full_context_ppl": ("full-context perplexity", ""),
-    "full_context_nll": ("full-context loss", "nats"),
-    "influence_kl": ("influence", "nats"),
-    "influence_hidden": ("hidden-state distance", "L2"),
-    "hidden_distance": ("hidden-state distance", "L2"),
-    "probe_bits": ("probe information", "bits"),
-    "probe_bits_untrained": ("probe information on the untrained network", "bits"),
-    "probe_bits_cell": ("probe information from the cell state", "bits"),
-    "probe_bits_cell_untrained": ("probe information from the untrained network's cell state", "bits"),
-    "probe_bits_baseline": ("frequency baseline", "bits"),
-    "frequency_bits": ("frequency baseline", "bits"),
-    "probe_target_entropy": ("entropy of the probed token", "bits"),
-    "probe_accuracy": ("probe accuracy", ""),
-    "probe_accuracy_untrained": ("probe accuracy on the untrained network", ""),
-    "probe_accuracy_baseline": ("frequency-baseline accuracy", ""),
-    "grad_norm": ("gradient sensitivity", ""),
-    "gradient_norm": ("gradient sensitivity", ""),
-    "context_ppl": ("perplexity with limited context", ""),
-    "context_nll": ("loss with limited context", "nats"),
-    "position_ppl": ("perplexity by position", ""),
-    "position_nll": ("loss by position", "nats"),
-    "recall_accuracy": ("recall accuracy", ""),
-    "recall_accuracy_chance": ("chance", ""),
-    "recall_accuracy_best": ("best possible recall", ""),
-}
-_MODE_WORDS = {"eval": "eval-mode", "train": "training-mode"}
-_SUMMARY_WORDS = {"_half_life": ("half-life", "tokens"), "_decay_rate": ("decay rate", "per token")}
-
-
-def _split_measure(measure: str) -> tuple[str, str, str]:
-    """``influence_kl_eval_half_life`` -> ("influence_kl", "eval", "_half_life"); parts absent are ""."""
-    summary = next((s for s in _SUMMARY_WORDS if measure.endswith(s)), "")
-    base = measure[: len(measure) - len(summary)] if summary else measure
-    if base not in MEASURE_LABELS:
-        for mode in _MODE_WORDS:
-            if base.endswith("_" + mode) and base[: -len(mode) - 1] in MEASURE_LABELS:
-                return base[: -len(mode) - 1], mode, summary
-    return base, "", summary
-
-
-def measure_label(measure: str) -> str:
-    """A readable name for a measure: ``influence_kl_eval_half_life`` -> "eval-mode influence half-life"."""
-    base, mode, summary = _split_measure(measure)
-    label = MEASURE_LABELS.get(base, (base.replace("_", " "), ""))[0]
-    if mode:
-        label = f"{_MODE_WORDS[mode]} {label}"
-    return f"{label} {_SUMMARY_WORDS[summary][0]}" if summary else label
-
-
-def measure_unit(measure: str) -> str:
-    base, _, summary = _split_measure(measure)
-    return _SUMMARY_WORDS[summary][1] if summary else MEASURE_LABELS.get(base, ("", ""))[1]
-
-
-# --- comparisons against a reference placement ------------------------------
-
-# Whether a larger value is better, by measure: perplexities are lower-is-better,
-# every memory measure (influence, information, accuracy, context used) higher-is-better.
-LOWER_IS_BETTER_MARKERS = ("ppl", "loss", "perplexity")
-
-
-def higher_is_better_default(measure: str) -> bool:
-    return not any(m in measure for m in LOWER_IS_BETTER_MARKERS)
-
-
 @dataclass(frozen=True)
 class Metric:
     """One number per seed to test: a measure, optionally at one x (e.g. lag 10), layer and mode."""
@@ -445,13 +372,17 @@ class Metric:
     x: float | None = None
     layer: int | None = None  # None: model-level rows (-1) if any, else the top layer
     mode: str | None = None
-    higher_is_better: bool | None = None  # None: lower for perplexities, higher for memory measures
+    higher_is_better: bool | None = None  # None: the measure's direction in probe.measure_names
     label: str = ""  # how sentences name it, e.g. "training-mode influence at lag 10"
     unit: str = ""
 
     @property
     def better_is_higher(self) -> bool:
-        return higher_is_better_default(self.measure) if self.higher_is_better is None else self.higher_is_better
+        if self.higher_is_better is not None:
+            return self.higher_is_better
+        if not measure_names.known(self.measure):
+            raise ValueError(f"measure {self.measure!r} is not in probe.measure_names; give Metric(higher_is_better=...)")
+        return measure_names.higher_is_better(self.measure)
 
     @property
     def name(self) -> str:
@@ -465,17 +396,15 @@ class Metric:
         """How sentences name the metric: its label, else e.g. "training-mode influence at lag 10"."""
         if self.label:
             return self.label
-        text = measure_label(self.measure)
-        if self.mode in _MODE_WORDS and not _split_measure(self.measure)[1]:
-            text = f"{_MODE_WORDS[self.mode]} {text}"
+        text = measure_names.label(self.measure, self.mode or "")
         if self.x is not None:
-            where = {"context_ppl": "context length", "position_ppl": "position"}.get(self.measure, "lag")
-            text += f" at {where} {self.x:g}"
+            axis = measure_names.lookup(self.measure).axis if measure_names.known(self.measure) else ""
+            text += f" at {(axis or 'x').replace('_', ' ')} {self.x:g}"
         return text + (f" (layer {self.layer})" if self.layer is not None and self.layer >= 0 else "")
 
     @property
     def units(self) -> str:
-        return self.unit or measure_unit(self.measure)
+        return self.unit or measure_names.unit(self.measure)
 
 
 def as_metric(metric: str | Metric) -> Metric:
@@ -610,109 +539,3 @@ def registry_order(placements) -> list[str]:
 
     rank = {n: i for i, n in enumerate(PLACEMENT_NAMES)}
     return sorted({str(p) for p in placements}, key=lambda p: (rank.get(p.split(":", 1)[0], len(rank)), p))
-
-
-# --- sentences --------------------------------------------------------------
-
-
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def fmt(x: float, digits: int = 4) -> str:
-    """A number as reports print it: ``digits`` significant figures (trailing zeros kept), a real minus
-    sign, "–" for missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, (int, np.integer)):
-        return str(int(x)).replace("-", "−")
-    if math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    if 10**digits - 0.5 <= abs(x) < 1e9:  # large numbers (an untrained model's perplexity) as integers
-        return f"{x:.0f}".replace("-", "−")
-    text = f"{x:#.{digits}g}"
-    if "e" in text:
-        mantissa, exp = text.split("e")
-        text = f"{mantissa.rstrip('.')}×10{str(int(exp)).translate(_SUPERSCRIPT)}"
-    return text.rstrip(".").replace("-", "−")
-
-
-def fmt_fixed(x: float, decimals: int = 2) -> str:
-    """A number with a fixed count of decimals (probabilities), "–" for missing."""
-    if x is None or not np.isfinite(x):
-        return "–"
-    return f"{x:.{decimals}f}".replace("-", "−")
-
-
-def fmt_p(p: float) -> str:
-    """A p-value to two significant figures; very small ones as an inequality."""
-    if p is None or not np.isfinite(p):
-        return "–"
-    return "< 0.0001" if p < 1e-4 else f"{p:#.2g}".rstrip(".")
-
-
-def _phrases(measure: str, better: bool) -> str:
-    if not higher_is_better_default(measure):
-        return "has lower perplexity than" if better else "has higher perplexity than"
-    return "keeps more memory than" if better else "loses memory relative to"
-
-
-def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0.95) -> list[str]:
-    """Sentences stating what the tests show, drawn only from the tests table.
-
-    One sentence per significant comparison (Holm-corrected permutation p
-    below ``alpha``); otherwise a plain statement that nothing was
-    significant, or that n was too small for significance to be possible,
-    naming the largest observed effect as an estimate only.
-    """
-    if tests is None or tests.empty:
-        return ["No comparisons were run (the reference placement or the tested measures are missing)."]
-    level = f"{confidence:.0%}"
-    sentences = []
-    for _, group in tests.groupby("label", sort=False):
-        sig = group[group["p_holm"] < alpha]
-        for _, r in sig.sort_values("hedges_g").iterrows():
-            better = (r["diff"] > 0) == bool(r["higher_is_better"])
-            unit = f" {r['unit']}" if r["unit"] else ""
-            sentences.append(
-                f"{r['placement']} {_phrases(r['measure'], better)} {r['reference']}: {r['label']} is "
-                f"{fmt(r['mean'], 3)} vs {fmt(r['mean_ref'], 3)}{unit} (difference {fmt(r['diff'], 3)}, "
-                f"{level} CI [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}], Holm-corrected permutation "
-                f"p = {fmt_p(r['p_holm'])}, Hedges' g = {fmt(r['hedges_g'], 2)}, n = {r['n']} vs {r['n_ref']})."
-            )
-        rest = group[~(group["p_holm"] < alpha)]
-        if len(sig) and len(rest):
-            names = ", ".join(f"{r['placement']} (p = {fmt_p(r['p_holm'])})" for _, r in rest.iterrows())
-            sentences.append(f"Not significantly different from {group['reference'].iloc[0]} on {group['label'].iloc[0]} "
-                             f"after Holm correction: {names}.")
-    impossible = tests[tests["warning"] != ""]
-    for metric, group in tests.groupby("label", sort=False):
-        if (group["p_holm"] < alpha).any():
-            continue
-        blocked = group.index.isin(impossible.index)
-        ns = sorted({(int(r["n"]), int(r["n_ref"])) for _, r in group.iterrows()})
-        n_text = ", ".join(f"{a} vs {b}" for a, b in ns)
-        if blocked.all():
-            floor = float(group["min_p"].min())
-            k = int(group["p_perm"].notna().sum())
-            after = f", {fmt_p(min(1.0, floor * k))} after Holm over {k} comparisons" if k > 1 else ""
-            head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds no test can reach significance at "
-                    f"α = {alpha:g} (the smallest attainable permutation p-value is {fmt_p(floor)}{after}; "
-                    f"{seeds_needed(max(k, 1), alpha)} seeds per placement are needed), so the differences are "
-                    f"estimates, not findings.")
-        else:
-            head = (f"{metric[:1].upper()}{metric[1:]}: no placement differs significantly from "
-                    f"{group['reference'].iloc[0]} "
-                    f"at α = {alpha:g} after Holm correction over {len(group)} comparisons (n = {n_text}).")
-        biggest = group.loc[group["hedges_g"].abs().fillna(-1).idxmax()]
-        if np.isfinite(biggest["hedges_g"]):
-            unit = f" {biggest['unit']}" if biggest["unit"] else ""
-            head += (f" The largest effect is {biggest['placement']}: {fmt(biggest['mean'], 3)} vs "
-                     f"{fmt(biggest['mean_ref'], 3)}{unit} (Hedges' g = {fmt(biggest['hedges_g'], 2)}, "
-                     f"permutation p = {fmt_p(biggest['p_perm'])} before correction).")
-        welch_sig = group[group["p_holm_welch"] < alpha]
-        if blocked.all() and len(welch_sig):
-            names = ", ".join(str(p) for p in welch_sig["placement"])
-            head += (f" Welch's t-test with Holm correction, which assumes roughly normal variation across seeds, "
-                     f"puts {names} below {alpha:g}.")
-        sentences.append(head)
-    return sentences

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe import stats
+from probe import report_text, stats
 from probe.data import CorpusError, load_corpus
 from probe.figures import standard_figures
 from probe.grid import Cell, CellResult, run_grid
@@ -100,8 +100,8 @@ def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitut
             parts = []
             for measure, paper in zip(("valid_ppl", "test_ppl"), PAPER[size]):
                 ci = stats.mean_ci(rows.loc[rows["measure"] == measure, "value"].dropna().to_numpy())
-                parts.append(f"{measure.split('_')[0]} {stats.fmt(ci.mean)} (95% CI [{stats.fmt(ci.low)}, "
-                             f"{stats.fmt(ci.high)}], n = {ci.n}) against the paper's {paper}")
+                parts.append(f"{measure.split('_')[0]} {report_text.fmt(ci.mean)} (95% CI [{report_text.fmt(ci.low)}, "
+                             f"{report_text.fmt(ci.high)}], n = {ci.n}) against the paper's {paper}")
             sentences.append(f"{label}: " + "; ".join(parts) + ".")
     diverged = [f"{group_label(s, r.cell.run.placement)} seed {r.cell.run.seed} ({r.status})"
                 for s, r in results if r.status != "finished"]

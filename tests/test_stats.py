@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from probe import stats
+from probe import report_text, stats
 
 
 def tidy_scalar(values: dict[str, list[float]], measure: str = "test_ppl") -> pd.DataFrame:
@@ -220,15 +220,15 @@ def test_against_reference_selects_a_curve_point_and_the_direction():
     for p, scale in [("zaremba", 1.0), ("naive", 0.2)]:
         for s in range(3):
             for lag in (1, 10):
-                rows.append({"placement": p, "seed": s, "run_id": f"{p}{s}", "measure": "influence_kl_train",
+                rows.append({"placement": p, "seed": s, "run_id": f"{p}{s}", "measure": "influence_kl_retained",
                              "x_name": "lag", "x": float(lag), "value": scale / lag + 0.001 * s, "layer": -1,
                              "mode": "train"})
     tidy = pd.DataFrame(rows)
     with pytest.raises(ValueError, match="curve"):
-        stats.test_against_reference(tidy, "zaremba", "influence_kl_train")
-    out = stats.test_against_reference(tidy, "zaremba", stats.Metric("influence_kl_train", x=10))
+        stats.test_against_reference(tidy, "zaremba", "influence_kl_retained")
+    out = stats.test_against_reference(tidy, "zaremba", stats.Metric("influence_kl_retained", x=10))
     row = out.iloc[0]
-    assert row["label"] == "training-mode influence at lag 10" and row["unit"] == "nats"
+    assert row["label"] == "share of influence kept under training masks at lag 10" and row["unit"] == ""
     assert row["higher_is_better"] and row["prob_improvement"] == 0.0
     assert row["mean"] == pytest.approx(0.02 + 0.001)
     assert "too small" in row["warning"]  # 3 vs 3
@@ -239,36 +239,36 @@ def test_summarize_states_significant_findings_with_their_numbers():
     values = {"zaremba": list(0.05 + 0.001 * rng.normal(size=5)), "naive": list(0.012 + 0.001 * rng.normal(size=5))}
     tidy = tidy_scalar(values, "influence_kl_train_half_life")
     tests = stats.test_against_reference(tidy, "zaremba", "influence_kl_train_half_life")
-    (sentence,) = stats.summarize(tests)
+    (sentence,) = report_text.summarize(tests)
     row = tests.iloc[0]
     assert sentence.startswith("naive loses memory relative to zaremba")
-    for text in (stats.fmt(row["mean"], 3), stats.fmt(row["diff"], 3), stats.fmt_p(row["p_holm"]), "n = 5 vs 5"):
+    for text in (report_text.fmt(row["mean"], 3), report_text.fmt(row["diff"], 3), report_text.fmt_p(row["p_holm"]), "n = 5 vs 5"):
         assert text in sentence
 
 
 def test_summarize_says_plainly_when_nothing_can_be_significant():
     tidy = tidy_scalar({"zaremba": [85.0, 86.0, 84.0], "naive": [95.0, 96.0, 94.0]})
-    (sentence,) = stats.summarize(stats.test_against_reference(tidy, "zaremba", "test_ppl"))
+    (sentence,) = report_text.summarize(stats.test_against_reference(tidy, "zaremba", "test_ppl"))
     assert "no test can reach significance" in sentence and "n = 3 vs 3" in sentence
     tidy = tidy_scalar({"zaremba": [85.0, 86.0, 84.0, 85.5, 84.5], "naive": [85.2, 85.9, 84.1, 85.1, 84.4]})
-    (sentence,) = stats.summarize(stats.test_against_reference(tidy, "zaremba", "test_ppl"))
+    (sentence,) = report_text.summarize(stats.test_against_reference(tidy, "zaremba", "test_ppl"))
     assert "no placement differs significantly" in sentence
-    assert stats.summarize(pd.DataFrame(columns=stats.TEST_COLUMNS))[0].startswith("No comparisons")
+    assert report_text.summarize(pd.DataFrame(columns=stats.TEST_COLUMNS))[0].startswith("No comparisons")
 
 
 def test_number_formatting():
-    assert stats.fmt(86.9) == "86.90" and stats.fmt(-0.0123) == "−0.01230"
-    assert stats.fmt(float("nan")) == "–" and stats.fmt(12345.6) == "12346"
-    assert stats.fmt(1.839e-10) == "1.839×10⁻¹⁰"
-    assert stats.fmt_p(2 / 252) == "0.0079" and stats.fmt_p(0.1) == "0.10" and stats.fmt_p(1e-7) == "< 0.0001"
+    assert report_text.fmt(86.9) == "86.90" and report_text.fmt(-0.0123) == "−0.01230"
+    assert report_text.fmt(float("nan")) == "–" and report_text.fmt(12345.6) == "12346"
+    assert report_text.fmt(1.839e-10) == "1.839×10⁻¹⁰"
+    assert report_text.fmt_p(2 / 252) == "0.0079" and report_text.fmt_p(0.1) == "0.10" and report_text.fmt_p(1e-7) == "< 0.0001"
 
 
 def test_a_metric_at_an_unmeasured_x_is_an_error_not_a_silent_gap():
     tidy = pd.DataFrame({"placement": ["zaremba", "naive"], "seed": [0, 0], "run_id": ["a", "b"],
-                         "measure": ["grad_norm"] * 2, "x_name": ["lag"] * 2, "x": [1.0, 1.0], "value": [1.0, 2.0],
+                         "measure": ["gradient_norm"] * 2, "x_name": ["lag"] * 2, "x": [1.0, 1.0], "value": [1.0, 2.0],
                          "layer": [-1, -1], "mode": ["", ""]})
     with pytest.raises(ValueError, match="measured at 1"):
-        stats.test_against_reference(tidy, "zaremba", stats.Metric("grad_norm", x=10))
+        stats.test_against_reference(tidy, "zaremba", stats.Metric("gradient_norm", x=10))
     assert stats.test_against_reference(tidy, "zaremba", "test_ppl").empty  # an absent measure is skipped
 
 
@@ -308,8 +308,17 @@ def test_reference_is_found_by_its_canonical_spec():
 
 
 def test_measure_names_read_as_words():
-    assert stats.measure_label("influence_kl_eval_half_life") == "eval-mode influence half-life"
-    assert stats.measure_unit("influence_kl_eval_half_life") == "tokens"
-    assert stats.Metric("influence_kl", x=10, mode="train").description == "training-mode influence at lag 10"
-    assert stats.Metric("influence_kl_train", x=10).units == "nats"
-    assert stats.measure_label("something_new") == "something new"
+    from probe import measure_names
+
+    assert measure_names.label("influence_kl_eval_half_life") == "eval-mode influence on the prediction (KL) half-life"
+    assert measure_names.unit("influence_kl_eval_half_life") == "tokens"
+    assert stats.Metric("influence_kl", x=10, mode="train").description == (
+        "training-mode influence on the prediction (KL) at lag 10")
+    assert stats.Metric("influence_kl", x=10).units == "nats"
+    assert measure_names.label("something_new") == "something new"
+
+
+def test_a_metric_of_an_unknown_measure_needs_an_explicit_direction():
+    with pytest.raises(ValueError, match="higher_is_better"):
+        stats.Metric("my_measure").better_is_higher
+    assert stats.Metric("my_measure", higher_is_better=False).better_is_higher is False
