@@ -26,7 +26,8 @@ import seaborn as sns
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from probe import stats
+from probe import measure_names, stats
+from probe.measure.curves import NOISE_FLOORS
 from probe.placements import PLACEMENT_NAMES
 
 # Okabe & Ito (2008) colour-blind-safe colours, ordered so that in registry order
@@ -96,7 +97,8 @@ _RC = {
     "axes.titleweight": "bold",
     "axes.titlesize": 11,
     "legend.frameon": False,
-    "svg.fonttype": "path",  # glyphs as paths: the figure looks the same in every browser
+    # Text as <text> elements (DejaVu Sans, else the browser's sans-serif), not glyph paths: half the bytes.
+    "svg.fonttype": "none",
 }
 
 
@@ -175,19 +177,20 @@ class CurveSpec:
     log_y: bool = False
     sharey: bool = False  # panels on one y scale, for comparisons across panels
     required: bool = True  # a missing required figure leaves a note in the report
+    optimum: bool = False  # a perplexity figure: draw the corpus's optimum perplexity where it is known
 
 
 _BANDS = "Bands: 95% t-intervals across seeds."
-# Measure names: both those of the issue ("influence_kl_eval", "grad_norm") and those of probe.measure
-# ("influence_kl" with mode eval/train, "gradient_norm"); panels whose measure is absent are left out.
+_FLOOR = ("Log axis; the dotted grey line is the numerical noise floor (probe.measure.curves.NOISE_FLOORS): values "
+          "below it are rounding noise of the float32 network, not memory. ")
 CURVES: tuple[CurveSpec, ...] = (
     CurveSpec(
         "influence", "Influence of a past token on the prediction",
         "Counterfactual influence: KL divergence (nats) between the predictions at t when the token at t−k is "
         "replaced, by lag k; with the network in evaluation mode, and with the placement's training masks "
-        "active (the same masks for both copies). " + _BANDS,
-        (Panel("influence_kl"), Panel("influence_kl_eval", "Evaluation mode"),
-         Panel("influence_kl_train", "Training masks active")),
+        "active (the same masks for both copies). KL is quadratic in small perturbations, so it decays at twice "
+        "the rate of the hidden-state distance and the gradient norm below. " + _FLOOR + _BANDS,
+        (Panel("influence_kl"),),
         "lag k (tokens)", "KL divergence (nats)", log_y=True, sharey=True,
     ),
     CurveSpec(
@@ -200,17 +203,17 @@ CURVES: tuple[CurveSpec, ...] = (
     ),
     CurveSpec(
         "hidden_distance", "Distance moved by the hidden state",
-        "How far h_t moves (L2 norm) when the token at t−k is replaced, by lag k. " + _BANDS,
-        (Panel("influence_hidden"), Panel("hidden_distance_eval", "Evaluation mode"),
-         Panel("hidden_distance_train", "Training masks active")),
-        "lag k (tokens)", "‖Δh_t‖ (L2)", log_y=True, sharey=True, required=False,
+        "How far h_t moves when the token at t−k is replaced, relative to its norm (‖h_t − h′_t‖ / ‖h_t‖), by lag "
+        "k. " + _FLOOR + _BANDS,
+        (Panel("influence_hidden"),),
+        "lag k (tokens)", "relative distance ‖Δh_t‖ / ‖h_t‖", log_y=True, sharey=True, required=False,
     ),
     CurveSpec(
         "probe", "Information about a past token that a linear probe recovers",
         "Lower bound on the mutual information between x_{t−k} and h_t (bits): entropy of the token's class "
         "minus the held-out cross-entropy of a linear probe. Dashed: the same probe on the untrained network; "
         "dotted black: the frequency baseline. " + _BANDS,
-        (Panel("probe_bits", controls=("probe_bits_untrained",), baselines=("frequency_bits", "probe_bits_baseline")),),
+        (Panel("probe_bits", controls=("probe_bits_untrained",), baselines=("probe_bits_baseline",)),),
         "lag k (tokens)", "information (bits)", sharey=True,
     ),
     CurveSpec(
@@ -230,32 +233,33 @@ CURVES: tuple[CurveSpec, ...] = (
     CurveSpec(
         "gradient", "Gradient sensitivity",
         "‖∂ log p(x_t) / ∂e_{t−k}‖: how strongly the log-probability of the token at t responds to the "
-        "embedding k steps back. " + _BANDS,
-        (Panel("grad_norm"), Panel("gradient_norm")), "lag k (tokens)", "gradient norm", log_y=True,
+        "embedding k steps back. " + _FLOOR + _BANDS,
+        (Panel("gradient_norm"),), "lag k (tokens)", "gradient norm", log_y=True,
     ),
     CurveSpec(
         "recall", "Recall accuracy",
-        "Accuracy at recalling a token seen k steps earlier (synthetic corpus); dotted black: chance. " + _BANDS,
+        "Accuracy at recalling a token planted k steps earlier (synthetic corpus); dotted black: chance. " + _BANDS,
         (Panel("recall_accuracy", baselines=("recall_accuracy_chance",)),), "lag k (tokens)", "accuracy",
         required=False,
     ),
     CurveSpec(
         "context", "Perplexity against the context the model is given",
         "Each target scored from a fresh state with only its last L tokens of context (identical targets for "
-        "every L). " + _BANDS,
-        (Panel("context_ppl"),), "context length L (tokens)", "perplexity", log_x=True,
+        "every L). Dashed black, where known: the corpus's optimum perplexity. " + _BANDS,
+        (Panel("context_ppl"),), "context length L (tokens)", "perplexity", log_x=True, optimum=True,
     ),
     CurveSpec(
         "position", "Perplexity by position since a state reset",
-        "Perplexity of the token at each position after the hidden state is reset. " + _BANDS,
-        (Panel("position_ppl"),), "position since reset (tokens)", "perplexity",
+        "Perplexity of the token at each position after the hidden state is reset. Dashed black, where known: "
+        "the corpus's optimum perplexity. " + _BANDS,
+        (Panel("position_ppl"),), "position since reset (tokens)", "perplexity", optimum=True,
     ),
     CurveSpec(
         "training", "Training curves",
         "Perplexity on the training data (as seen during training, with dropout) and on validation data, per "
-        "epoch. " + _BANDS,
-        (Panel("train_ppl", "Training"), Panel("valid_ppl_epoch", "Validation"), Panel("valid_ppl", "Validation")),
-        "epoch", "perplexity", log_y=True, sharey=True,
+        "epoch. Dashed black, where known: the corpus's optimum perplexity. " + _BANDS,
+        (Panel("train_ppl", "Training"), Panel("valid_ppl_epoch", "Validation")),
+        "epoch", "perplexity", log_y=True, sharey=True, optimum=True,
     ),
 )
 
@@ -269,14 +273,20 @@ def _panel_views(tidy: pd.DataFrame, panel: Panel) -> list[tuple[str, pd.DataFra
         return []
     if "layer" in rows and (rows["layer"] == -1).any():
         rows = rows[rows["layer"] == -1]
+    title = panel.title
+    if "layer" in rows and (rows["layer"] >= 0).all() and rows["layer"].nunique() > 1:
+        # Per-layer measures: the top layer (every layer is in the data files).
+        top = int(rows["layer"].max())
+        rows = rows[rows["layer"] == top]
+        title = " · ".join(filter(None, [panel.title, f"top layer ({top})"]))
     keys = [c for c in ("layer", "mode") if c in rows and rows[c].nunique() > 1]
     if not keys:
-        return [(panel.title, rows)]
+        return [(title, rows)]
     views = []
     for key, group in rows.groupby(keys, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         parts = [f"layer {v}" if k == "layer" else _MODE_TITLES.get(v, f"{v} mode") for k, v in zip(keys, key)]
-        views.append((" · ".join(filter(None, [panel.title, *parts])), group))
+        views.append((" · ".join(filter(None, [title, *parts])), group))
     return views
 
 
@@ -302,8 +312,11 @@ def _draw(ax, est: pd.DataFrame, style: Style | None, label: str, *, linestyle=N
                         linewidth=0)
 
 
-def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] | None = None) -> Figure:
-    """One figure of a CurveSpec, or a Figure with a note when none of its measures is present."""
+def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] | None = None,
+                 optimum_ppl: float | None = None) -> Figure:
+    """One figure of a CurveSpec, or a Figure with a note when none of its measures is present.
+
+    ``optimum_ppl``: the corpus's best achievable perplexity, drawn on perplexity figures when known."""
     views = [(panel, title, rows) for panel in spec.panels for title, rows in _panel_views(tidy, panel)]
     if not views:
         names = ", ".join(p.measure for p in spec.panels)
@@ -330,8 +343,10 @@ def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] |
                 b_rows = _select_like(tidy, baseline, rows)
                 if not b_rows.empty:  # the same for every placement: one line, averaged over runs
                     b_est = stats.estimate(b_rows, by=("x",))
-                    _draw(ax, b_est, None, stats.measure_label(baseline), band=False, lw=1.4)
-            _finish_axes(ax, spec, title, est, est if shared is None else shared)
+                    _draw(ax, b_est, None, measure_names.label(baseline), band=False, lw=1.4)
+            _finish_axes(ax, spec, title, est, est if shared is None else shared, NOISE_FLOORS.get(panel.measure))
+            if spec.optimum and optimum_ppl is not None and np.isfinite(optimum_ppl):
+                ax.axhline(optimum_ppl, color="black", ls="--", lw=1.0, label="corpus optimum")
             if spec.sharey and ax.get_subplotspec().colspan.start > 0:
                 ax.set_ylabel("")  # the first column's label serves the row
             for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -347,8 +362,12 @@ def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] |
     return Figure(spec.key, spec.title, spec.caption, to_svg(fig, spec.key, alt))
 
 
-def _finish_axes(ax, spec: CurveSpec, title: str, est: pd.DataFrame, y_est: pd.DataFrame) -> None:
-    """Labels and scales; ``y_est`` holds every estimate sharing this y axis (all panels when sharey)."""
+def _finish_axes(ax, spec: CurveSpec, title: str, est: pd.DataFrame, y_est: pd.DataFrame,
+                 floor: float | None = None) -> None:
+    """Labels and scales; ``y_est`` holds every estimate sharing this y axis (all panels when sharey).
+
+    Decay curves (``floor`` > 0) always sit on a log axis, the noise floor drawn and the axis starting a
+    little below it, so a curve that has decayed into rounding noise is seen as such, not as zero."""
     ax.set_xlabel(spec.xlabel)
     ax.set_ylabel(spec.ylabel)
     if title:
@@ -361,9 +380,13 @@ def _finish_axes(ax, spec: CurveSpec, title: str, est: pd.DataFrame, y_est: pd.D
     positive = y_est["mean"][y_est["mean"] > 0]
     high = y_est["high"].astype(float)
     top = high.where(np.isfinite(high), y_est["mean"]).max()
-    # A log axis only where the curves span more than a factor of ten; bands reaching zero or below are
-    # clipped at the bottom of the axes, not hidden.
-    if (spec.log_y and len(positive) == len(y_est) and len(positive) and np.isfinite(top)
+    if spec.log_y and floor and len(positive) and np.isfinite(top):
+        ax.set_yscale("log", nonpositive="clip")
+        ax.axhline(floor, color="#888888", ls=":", lw=1.2, label="numerical noise floor")
+        ax.set_ylim(max(floor / 5, min(positive.min(), floor) / 2), top * 2)
+    # Otherwise a log axis only where the curves span more than a factor of ten; bands reaching zero or
+    # below are clipped at the bottom of the axes, not hidden.
+    elif (spec.log_y and len(positive) == len(y_est) and len(positive) and np.isfinite(top)
             and top / positive.min() > 10):
         bottom = positive.min()
         ax.set_yscale("log", nonpositive="clip")
@@ -382,7 +405,7 @@ def _finish_axes(ax, spec: CurveSpec, title: str, est: pd.DataFrame, y_est: pd.D
 def scalar_rows(tidy: pd.DataFrame, measure: str) -> tuple[str, pd.DataFrame]:
     """A scalar measure's rows at one layer (model-level, else the top layer) and the panel title for them."""
     rows = tidy[(tidy["measure"] == measure) & tidy["x"].isna()]
-    title = stats.measure_label(measure)
+    title = measure_names.label(measure)
     if "layer" in rows and len(rows) and not (rows["layer"] == -1).any():
         top = int(rows["layer"].max())
         rows = rows[rows["layer"] == top]
@@ -391,7 +414,8 @@ def scalar_rows(tidy: pd.DataFrame, measure: str) -> tuple[str, pd.DataFrame]:
 
 
 def scalar_figure(tidy: pd.DataFrame, measures, *, key: str, title: str, caption: str,
-                  styles: dict[str, Style] | None = None, required: bool = True) -> Figure | None:
+                  styles: dict[str, Style] | None = None, required: bool = True,
+                  reference_line: float | None = None, reference_label: str = "") -> Figure | None:
     """Dot-and-interval plot of scalar measures: mean and 95% t-interval per placement, each seed as a dot.
 
     Per-layer measures show their top layer. Infinite values (a half-life beyond the measured lags) are
@@ -430,10 +454,14 @@ def scalar_figure(tidy: pd.DataFrame, measures, *, key: str, title: str, caption
             ax.set_yticks(range(len(order)), [str(p) for p in order])
             ax.set_ylim(len(order) - 0.4, -0.6)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-            unit = stats.measure_unit(measure)
+            unit = measure_names.unit(measure)
             ax.set_xlabel(unit if len(panels) > 1 else axis_label(measure))
             ax.set_title(textwrap.fill(panel_title, 34), fontsize=10 if len(panels) > 1 else None)
             ax.grid(axis="y", visible=False)
+            if reference_line is not None and np.isfinite(reference_line):
+                ax.axvline(reference_line, color="black", ls="--", lw=1.0)
+                ax.annotate(reference_label, (reference_line, len(order) - 0.45), ha="left", va="bottom",
+                            fontsize=7.5, color="#333333", xytext=(3, 0), textcoords="offset points")
             if np.isinf(seeds["value"]).any():
                 ax.axvline(edge, color="#999999", lw=0.8, ls=":")
                 ax.annotate("beyond measured range", (edge, -0.55), ha="right", va="top", fontsize=7.5, color="#666666")
@@ -443,8 +471,8 @@ def scalar_figure(tidy: pd.DataFrame, measures, *, key: str, title: str, caption
 
 
 def axis_label(measure: str) -> str:
-    unit = stats.measure_unit(measure)
-    return f"{stats.measure_label(measure)} ({unit})" if unit else stats.measure_label(measure)
+    unit = measure_names.unit(measure)
+    return f"{measure_names.label(measure)} ({unit})" if unit else measure_names.label(measure)
 
 
 # --- the standard set -----------------------------------------------------------------
@@ -460,21 +488,28 @@ def memory_summaries(tidy: pd.DataFrame) -> list[str]:
     return half_lives + (["effective_context"] if "effective_context" in names else [])
 
 
-def standard_figures(tidy: pd.DataFrame) -> list[Figure]:
-    """Every figure a study report shows, in reading order; absent measures give notes, not figures."""
+def standard_figures(tidy: pd.DataFrame, optimum_ppl: float | None = None) -> list[Figure]:
+    """Every figure a study report shows, in reading order; absent measures give notes, not figures.
+
+    ``optimum_ppl``: the corpus's best achievable perplexity (synthetic corpora), drawn on every
+    perplexity figure."""
     styles = placement_styles(tidy["placement"].unique())
+    known = optimum_ppl is not None and np.isfinite(optimum_ppl)
     figures = [scalar_figure(
         tidy, PERPLEXITY_MEASURES, key="perplexity", title="Perplexity",
-        caption="Validation and test perplexity per placement: mean (marker), 95% t-interval across seeds (bar) "
-                "and each seed (dots).", styles=styles,
+        caption="Validation and test perplexity per placement at each run's best-validation epoch: mean "
+                "(marker), 95% t-interval across seeds (bar) and each seed (dots)."
+                + (" Dashed: the corpus's optimum perplexity." if known else ""),
+        styles=styles, reference_line=optimum_ppl if known else None, reference_label="optimum",
     )]
     for spec in CURVES:
-        fig = curve_figure(tidy, spec, styles)
+        fig = curve_figure(tidy, spec, styles, optimum_ppl if known else None)
         if fig.svg is not None or spec.required:
             figures.append(fig)
     memory = scalar_figure(
         tidy, memory_summaries(tidy), key="memory_summaries", title="Memory summaries",
-        caption="Half-lives (the lag where a curve falls to half its lag-1 value) and effective context (the "
+        caption="Half-lives (the number of lags a curve takes to halve from its lag-1 value, interpolated on a "
+                "log scale; ∞ where it does not halve within the measured lags) and effective context (the "
                 "smallest context within 1% of full-context perplexity): mean (marker), 95% t-interval across "
                 "seeds (bar) and each seed (dots); per-layer measures at the top layer.",
         styles=styles, required=False,
@@ -482,3 +517,99 @@ def standard_figures(tidy: pd.DataFrame) -> list[Figure]:
     if memory is not None:
         figures.append(memory)
     return figures
+
+
+# --- effects and doses ------------------------------------------------------------------
+
+
+def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Style] | None = None,
+                  alpha: float = 0.05) -> Figure:
+    """Each placement's difference from the reference with its 95% Welch interval, one panel per metric;
+    filled markers where the Holm-corrected permutation test is below ``alpha``."""
+    key, title = "forest", "Effects against the reference"
+    rows = tests[tests["metric"].isin(metrics)] if len(tests) else tests
+    if rows.empty:
+        return Figure(key, title, "", None, "No comparisons were run.")
+    reference = str(rows["reference"].iloc[0])
+    caption = (f"Difference from {reference} (placement minus {reference}) with its 95% Welch–Satterthwaite "
+               f"interval across seeds; filled: significant after Holm correction (permutation test, α = {alpha:g}); "
+               f"hollow: not significant. The dashed line is no difference.")
+    present = [m for m in metrics if (rows["metric"] == m).any()]
+    styles = styles or placement_styles(rows["placement"].unique())
+    order = ordered_placements(rows["placement"].unique())
+    ncols = min(len(present), 2)  # spec labels are long: two panels a row leave room for the axes
+    fig, axes = new_figure(ncols, -(-len(present) // ncols), width=11.0, height=0.34 * len(order) + 1.5)
+    with matplotlib.rc_context(_RC):
+        for ax, metric in zip(axes.flat, present):
+            g = rows[rows["metric"] == metric].set_index("placement")
+            for i, placement in enumerate(order):
+                if placement not in g.index:
+                    continue
+                r, style = g.loc[placement], styles[placement]
+                if np.isfinite(r["ci_low"]):
+                    ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=style.colour, lw=2)
+                filled = bool(r["p_holm"] < alpha)
+                ax.plot([r["diff"]], [i], marker=style.marker, markersize=6, color=style.colour,
+                        markerfacecolor=style.colour if filled else "white")
+            ax.axvline(0.0, color="#555555", ls="--", lw=0.9)
+            ax.set_yticks(range(len(order)), [str(p) for p in order])
+            ax.set_ylim(len(order) - 0.5, -0.5)
+            first = g.iloc[0]
+            better = "higher" if first["higher_is_better"] else "lower"
+            ax.set_title(textwrap.fill(f"{first['label']} ({better} is better)", 36), fontsize=9.5)
+            ax.set_xlabel(f"difference{' (' + first['unit'] + ')' if first['unit'] else ''}")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+            if ax.get_subplotspec().colspan.start > 0:
+                ax.set_yticklabels([])  # the first column names the rows
+            ax.grid(axis="y", visible=False)
+        for ax in list(axes.flat)[len(present):]:
+            ax.set_visible(False)
+    return Figure(key, title, caption, to_svg(fig, key, f"{title}. {caption}"))
+
+
+def dose_figure(tidy: pd.DataFrame, panels: list[tuple[str, float | None, str, str]],
+                styles: dict[str, Style] | None = None) -> Figure | None:
+    """Metrics against the drop rate, one line per placement that was run at two or more rates (``none`` is
+    rate 0 of every line), 95% t-intervals across seeds; None when no placement has two rates.
+
+    ``panels``: (measure, x or None, mode or None, panel title)."""
+    from probe.placements import dose
+
+    doses = {p: dose(p) for p in tidy["placement"].unique()}
+    names = pd.Series({p: base_name(p) for p, d in doses.items() if d is not None})
+    lines = sorted({n for n in names if n != "none" and (names == n).sum() >= 2},
+                   key=lambda n: PLACEMENT_NAMES.index(n) if n in PLACEMENT_NAMES else 99)
+    if not lines:
+        return None
+    key, title = "dose", "Dose-response: how much of each placement a model can take"
+    caption = ("Each metric against the drop rate applied at every site of the placement (rate 0: no dropout, "
+               "the same runs for every line); mean and 95% t-interval across seeds.")
+    zero = [p for p, d in doses.items() if d == 0.0]
+    styles = styles or placement_styles(tidy["placement"].unique())
+    ncols = min(len(panels), 3)
+    fig, axes = new_figure(ncols, -(-len(panels) // ncols), height=3.3)
+    with matplotlib.rc_context(_RC):
+        for ax, (measure, x, mode, panel_title) in zip(axes.flat, panels):
+            rows = tidy[tidy["measure"] == measure]
+            if x is not None:
+                rows = rows[np.isclose(rows["x"].astype(float), x)]
+            if mode is not None:
+                rows = rows[rows["mode"] == mode]
+            if "layer" in rows and len(rows) and not (rows["layer"] == -1).any():
+                rows = rows[rows["layer"] == rows["layer"].max()]
+            for name in lines:
+                members = [p for p in names.index if names[p] == name] + zero
+                sel = rows[rows["placement"].isin(members)].assign(x=lambda d: d["placement"].map(doses))
+                est = stats.estimate(sel, by=("x",))
+                if est.empty:
+                    continue
+                style = styles[next(p for p in names.index if names[p] == name)]
+                _draw(ax, est, Style(style.colour, style.marker, "-"), name)
+            ax.set_title(textwrap.fill(panel_title, 34), fontsize=9.5)
+            ax.set_xlabel("drop rate")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9)
+    return Figure(key, title, caption, to_svg(fig, key, f"{title}. {caption}"))

@@ -330,3 +330,13 @@ def describe(placement: Placement) -> list[dict[str, str]]:
         for site, sm in placement.sites.items()
         if sm.rate > 0
     ]
+
+
+def dose(spec: str | Placement) -> float | None:
+    """The one drop rate a placement applies at every active site (0.0 for ``none``), or None when its
+    sites drop at different rates (``zoneout:zc=0.25,zh=0.025``): the x of a dose-response figure."""
+    placement = parse_placement(spec)
+    rates = {round(m.rate, 12) for m in placement.sites.values() if m.rate > 0}
+    if not rates:
+        return 0.0
+    return rates.pop() if len(rates) == 1 else None

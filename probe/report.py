@@ -1,12 +1,18 @@
 """One self-contained HTML report per study, with its data beside it.
 
-``render_report`` writes ``<stem>.html`` (figures inline as SVG, the raw
-data as a data: URI download, no scripts, no network), and beside it the
-same numbers as ``<stem>_data.csv`` (the tidy table), ``<stem>_tests.csv``
-(the significance table) and ``<stem>.json`` (everything). Every file is
-written atomically, the HTML last, so a report on disk is always whole.
+``render_report`` writes ``<stem>.html`` (figures inline as SVG, no
+scripts, no network) and beside it the numbers as ``<stem>_data.csv`` (the
+tidy table), ``<stem>_tests.csv`` (the significance table) and
+``<stem>.json`` (everything), which the page links to rather than embeds so
+that it stays small. Every file is written atomically, the HTML last, so a
+report on disk is always whole.
 
-The template is rendered with autoescape on (REFERENCES.md: jinja2's default
+The page answers first: the headline sentences and the validity checks
+(``probe.validity``), one answer table and the lead figures (effects with
+intervals, dose-response), then the full list of comparisons, collapsed,
+and the evidence.
+
+The template is rendered with autoescape on (jinja2's default
 is off, and ``select_autoescape`` would not match ``.html.j2``), so labels
 from configurations and tidy tables cannot inject markup. Rendering is
 deterministic: equal inputs and environment give byte-identical files.
@@ -28,7 +34,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from probe import stats
+from probe import measure_names, report_text, stats
 from probe.files import write_atomic
 from probe.figures import Figure, ordered_placements, placement_styles
 from probe.placements import Placement, PlacementError, describe, parse_placement
@@ -40,7 +46,7 @@ ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.filters.update(fmt=stats.fmt, fmt_p=stats.fmt_p, fixed=stats.fmt_fixed)
+ENV.filters.update(fmt=report_text.fmt, fmt_p=report_text.fmt_p, fixed=report_text.fmt_fixed)
 
 PERPLEXITY = ("valid_ppl", "test_ppl")
 
@@ -109,7 +115,7 @@ def scalar_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float 
             hit = est[(est["placement"] == placement) & (est["measure"] == m)]
             cells.append(hit.iloc[0].to_dict() if len(hit) else None)
         out.append({"placement": placement, "cells": cells})
-    return {"measures": [{"name": m, "label": stats.measure_label(m), "unit": stats.measure_unit(m)} for m in present],
+    return {"measures": [{"name": m, "label": measure_names.label(m), "unit": measure_names.unit(m)} for m in present],
             "rows": out}
 
 
@@ -121,11 +127,11 @@ def scalar_rows_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: f
     modes = est.groupby("measure")["mode"].nunique()
     out = []
     for (measure, layer, mode), g in est.groupby(["measure", "layer", "mode"], sort=True):
-        label = stats.measure_label(measure)
+        label = measure_names.label(measure)
         label += f" (layer {layer})" if layer >= 0 else ""
         label += f" [{mode}]" if modes[measure] > 1 else ""
         by = {p: r for p, r in zip(g["placement"], g.to_dict("records"))}
-        out.append({"label": label, "unit": stats.measure_unit(measure), "cells": [by.get(p) for p in placements]})
+        out.append({"label": label, "unit": measure_names.unit(measure), "cells": [by.get(p) for p in placements]})
     return {"placements": placements, "rows": out}
 
 
@@ -226,11 +232,18 @@ def render_report(
     methods: Sequence[str] = (),
     confidence: float = 0.95,
     alpha: float = 0.05,
+    headline: Sequence[str] = (),
+    checks: Sequence = (),
+    answer: dict | None = None,
+    lead_figures: Sequence[Figure] = (),
 ) -> Path:
     """Write the study report ``path`` (.html) and its CSV and JSON files beside it; returns the HTML path.
 
     ``methods`` holds extra paragraphs for the methods section (the corpus
     and its split, say); the statistical methods paragraph is always added.
+    ``headline``, ``checks`` (``probe.validity.Check``), ``answer``
+    (``probe.answer.answer_table``) and ``lead_figures`` make the first
+    screen; ``summary`` is the full list of comparisons in words.
     """
     path = Path(path)
     stem = path.with_suffix("")
@@ -248,22 +261,26 @@ def render_report(
         "placements": placement_rows(placements, colours), "colours": colours,
         "perplexity": perplexity, "scalars": other, "tests": significance_groups(tests), "figures": list(figures),
         "seeds": seeds_by_placement(tidy), "level": f"{confidence:.0%}", "alpha": alpha,
+        "headline": list(headline), "checks": list(checks), "answer": answer, "lead_figures": list(lead_figures),
         "downloads": [
-            {"name": f"{stem.name}_data.csv", "uri": data_uri(data_csv), "what": f"raw tidy data ({len(tidy)} rows)"},
-            {"name": f"{stem.name}_tests.csv", "uri": data_uri(tests_csv),
-             "what": f"significance tests ({len(tests)} rows)"},
+            {"name": f"{stem.name}_data.csv", "what": f"raw tidy data ({len(tidy)} rows)"},
+            {"name": f"{stem.name}_tests.csv", "what": f"significance tests ({len(tests)} rows)"},
+            {"name": f"{stem.name}.json", "what": "everything: configuration, estimates, tests, checks, data"},
         ],
     }
     html = render("report.html.j2", **context)
     write_atomic(Path(f"{stem}_data.csv"), data_csv)
     write_atomic(Path(f"{stem}_tests.csv"), tests_csv)
     write_atomic(Path(f"{stem}.json"), to_json({
-        "title": title, "question": question, "summary": list(summary), "config": config,
+        "title": title, "question": question, "headline": list(headline),
+        "checks": [{"key": c.key, "title": c.title, "verdict": c.verdict, "detail": c.detail} for c in checks],
+        "answer": answer, "summary": list(summary), "config": config,
         "placements": context["placements"], "environment": environment,
         "estimates": {"perplexity": _estimates(tidy, PERPLEXITY, confidence),
                       "scalars": _estimates(tidy, scalars, confidence)},
         "tests": tests,
-        "figures": [{"key": f.key, "title": f.title, "caption": f.caption, "note": f.note} for f in figures],
+        "figures": [{"key": f.key, "title": f.title, "caption": f.caption, "note": f.note}
+                    for f in [*lead_figures, *figures]],
         "data": tidy,
     }))
     return write_atomic(path, html)
@@ -294,6 +311,6 @@ def study_report(
     tests = stats.test_against_reference(tidy, reference, metrics, alpha=alpha)
     return render_report(
         path, title=title, question=question, config=config, placements=placements, tidy=tidy, tests=tests,
-        summary=stats.summarize(tests, alpha=alpha), environment=environment or collect_environment(),
+        summary=report_text.summarize(tests, alpha=alpha), environment=environment or collect_environment(),
         figures=standard_figures(tidy), methods=methods, alpha=alpha,
     )

@@ -26,23 +26,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe import stats
+from probe import report_text, stats
+from probe.answer import answer_columns, answer_metrics, answer_table, headline
 from probe.data import CorpusError, load_corpus
 from probe.grid import Cell, CellResult, run_grid
 from probe.ray_executor import ClusterError
 from probe.measure import MeasureConfig, run_all
 from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
-from probe.figures import standard_figures
+from probe.figures import dose_figure, forest_figure, placement_styles, standard_figures
 from probe.report import collect_environment, render_report
 from probe.train import RunConfig, preset
+from probe.validity import planted_lags, validity_checks
 from studies.cli import add_grid_options, finish_grid_options
 
 QUESTION = (
     "Where can dropout go in an LSTM without destroying its memory? Each placement trains the same model "
-    "on the same data over several seeds; we measure how much a token k steps back still changes the "
-    "prediction (counterfactual influence, with and without the placement's training masks), how much "
-    "a linear probe can still read it from the hidden state, and how perplexity depends on the context "
-    "the model is given, and test every placement against Zaremba et al.'s (dropout off the recurrence)."
+    "on the same data over several seeds; we measure how much regularisation it buys (test perplexity "
+    "against no dropout) and how much memory it costs: recall of copies planted at known lags, how much a "
+    "token k steps back still changes the prediction (counterfactual influence, with and without the "
+    "placement's training masks), how much a linear probe can read it from the hidden state, and how "
+    "perplexity depends on the context the model is given. Every placement is tested against the model "
+    "without dropout."
 )
 
 
@@ -51,7 +55,7 @@ class CorpusPlan:
     """One corpus of a study: the runs trained on it and how they are measured."""
 
     corpus: str
-    run: dict  # RunConfig fields on top of the "tiny" preset's
+    run: dict  # RunConfig fields on top of the base preset's
     measure: MeasureConfig
     split: str = "canonical"
     optional: bool = False  # include only when its files are found
@@ -69,105 +73,102 @@ class StudyPreset:
     corpora: tuple[CorpusPlan, ...]
     seeds: int
     placements: tuple[str, ...] = PLACEMENT_NAMES
-    # The metrics tested against the reference, in the report's order.
-    metrics: tuple[stats.Metric, ...] = field(default_factory=tuple)
+    short_lag: int = 2  # the lag of the retained-influence and probe metrics
+    long_lag: int = 10  # a lag for long-range influence
 
 
-def _metrics(lag_short: int, lag_long: int, recall_lag: int | None = None) -> tuple[stats.Metric, ...]:
-    """The tested metrics: memory under training masks first (the question), then memory and perplexity."""
-    metrics = [
-        stats.Metric("influence_kl_retained", x=lag_short, mode="train", higher_is_better=True,
-                     label=f"share of lag-{lag_short} influence kept under training masks"),
-        stats.Metric("influence_kl", x=lag_short, mode="train",
-                     label=f"training-mode influence at lag {lag_short}", unit="nats"),
-        stats.Metric("influence_kl", x=lag_short, mode="eval",
-                     label=f"evaluation-mode influence at lag {lag_short}", unit="nats"),
-        stats.Metric("influence_kl", x=lag_long, mode="eval",
-                     label=f"evaluation-mode influence at lag {lag_long}", unit="nats"),
-        stats.Metric("probe_bits", x=lag_short, mode="eval",
-                     label=f"probe information about the token {lag_short} back (top layer)", unit="bits"),
-    ]
-    if recall_lag is not None:
-        metrics.append(stats.Metric("recall_accuracy", x=recall_lag, higher_is_better=True,
-                                    label=f"recall accuracy of planted copies at lag {recall_lag}"))
+def study_metrics(lags: list[int], short_lag: int, long_lag: int) -> list[stats.Metric]:
+    """The tested metrics: the answer table's first (test perplexity, recall at each planted lag,
+    influence half-life, influence kept under training masks), then the rest of the evidence."""
+    metrics = answer_metrics(lags, short_lag)
     metrics += [
-        stats.Metric("valid_ppl", label="validation perplexity"),
-        stats.Metric("test_ppl", label="test perplexity"),
-        stats.Metric("effective_context", mode="eval", label="effective context", unit="tokens"),
+        stats.Metric("influence_kl", x=short_lag, mode="train",
+                     label=f"training-mode influence at lag {short_lag}", unit="nats"),
+        stats.Metric("influence_kl", x=long_lag, mode="eval",
+                     label=f"evaluation-mode influence at lag {long_lag}", unit="nats"),
+        stats.Metric("probe_bits", x=short_lag, mode="eval",
+                     label=f"probe information about the token {short_lag} back (top layer)", unit="bits"),
+        stats.Metric("valid_ppl"),
+        stats.Metric("effective_context", mode="eval"),
     ]
-    return tuple(metrics)
+    return metrics
 
 
-# Small models: every placement drops at one rate, so placements differ only in where the masks go.
-# (The registry's defaults are the papers' rates for 650-1500-unit models; 0.5 smothers a 64-unit one.)
-EQUAL_RATE_PLACEMENTS = (
-    "none",
-    "zaremba:p=0.25",
-    "naive:p=0.25,rec=0.25",
-    "variational:p=0.25,rec=0.25",
-    "semeniuta:p=0.25,rec=0.25",
-    "zoneout:p=0.25,zc=0.25,zh=0.025",
-    "weight_drop:p=0.25,w=0.25",
-    "rnndrop:p=0.25,cell=0.25",
+def _rated(rate: float) -> tuple[str, ...]:
+    """Every placement dropping at one rate, so placements differ only in where the masks go
+    (the registry's defaults are the papers' rates for 650-1500-unit models)."""
+    r = f"{rate:g}"
+    return (
+        "none", f"zaremba:p={r}", f"naive:p={r},rec={r}", f"variational:p={r},rec={r}",
+        f"semeniuta:p={r},rec={r}", f"zoneout:p={r},zc={r},zh=0.025", f"weight_drop:p={r},w={r}",
+        f"rnndrop:p={r},cell={r}",
+    )
+
+
+def _doses(rates=(0.1, 0.3, 0.5)) -> tuple[str, ...]:
+    """none plus zaremba, naive and variational at each rate: the dose-response grid."""
+    out = ["none"]
+    for name in ("zaremba", "naive", "variational"):
+        for rate in rates:
+            r = f"{rate:g}"
+            out.append(f"zaremba:p={r}" if name == "zaremba" else f"{name}:p={r},rec={r}")
+    return tuple(out)
+
+
+# The synthetic language with marked recalls (probe.synthetic, docs/synthetic.md): a Markov chain over
+# 16 tokens, and copies of a <mark>ed token planted 3, 8 and 20 tokens later. Its regime was chosen by
+# the validity checks (docs/regime.md), never by how the placements compare.
+_SYNTHETIC_SMOKE = "synthetic:vocab=8,train=6000,valid=3000,test=2000,lags=2+5+10,cue=0.3,mark=1"
+_SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=35000,valid=10000,test=10000,lags=3+8+20,cue=0.2,mark=1"
+_DEFAULT_RUN = dict(num_layers=2, hidden_size=128, emb_size=128, batch_size=20, bptt=35, optimizer="adam",
+                    lr=5e-3, lr_decay=2.0, decay_after=10, epochs=13, init_scale=0.1, clip=5.0)
+_DEFAULT_MEASURE = MeasureConfig(
+    max_lag=30, max_tokens=10_000, influence_windows=128, gradient_windows=64, probe_positions=6000,
+    probe_steps=50, probe_cell=False, context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
+    position_windows=64,
 )
-
-
-# A synthetic language with copies planted at known lags (probe.synthetic):
-# local Markov structure plus tokens that repeat the one k steps back.
-_SYNTHETIC_SMOKE = "synthetic:train=8000,valid=3000,test=2000,lags=2+5+10"
-_SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=60000,valid=12000,test=6000,lags=3+8+20"
-
-_TINY_RUN = dict(num_layers=2, hidden_size=64, emb_size=64, batch_size=20, bptt=35,
-                 lr=10.0, lr_decay=2.0, init_scale=0.2, clip=5.0)
+_SMOKE = CorpusPlan(
+    _SYNTHETIC_SMOKE,
+    dict(num_layers=2, hidden_size=24, emb_size=24, batch_size=8, bptt=24, epochs=3, decay_after=2,
+         optimizer="adam", lr=1e-2),
+    MeasureConfig(max_lag=12, max_tokens=2000, influence_windows=64, gradient_windows=32,
+                  probe_positions=600, probe_steps=30, probe_classes=20, context_lengths=(1, 2, 5, 10, 20),
+                  context_targets=100, position_windows=32, stream_batch=8),
+)
+_DEFAULT = CorpusPlan(_SYNTHETIC_DEFAULT, _DEFAULT_RUN, _DEFAULT_MEASURE)
+_SHAKESPEARE = CorpusPlan(
+    "tinyshakespeare",
+    dict(_DEFAULT_RUN, epochs=6, decay_after=4, train_tokens=200_000),
+    MeasureConfig(max_lag=30, max_tokens=8000, influence_windows=128, gradient_windows=64,
+                  probe_positions=6000, probe_steps=50, probe_cell=False,
+                  context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300, position_windows=64),
+)
 
 PRESETS: dict[str, StudyPreset] = {
     p.name: p
     for p in (
         StudyPreset(
             "smoke",
-            "all placements, 2 seeds, tiny models on a small synthetic corpus: seconds per run, for tests",
-            (
-                CorpusPlan(
-                    _SYNTHETIC_SMOKE,
-                    dict(num_layers=2, hidden_size=24, emb_size=24, batch_size=8, bptt=20, epochs=2, decay_after=1),
-                    MeasureConfig(max_lag=10, max_tokens=2000, influence_windows=64, gradient_windows=32,
-                                  probe_positions=600, probe_steps=30, probe_classes=20, context_lengths=(1, 2, 5, 10, 20),
-                                  context_targets=100, position_windows=32, stream_batch=8),
-                ),
-            ),
-            seeds=2,
-            placements=EQUAL_RATE_PLACEMENTS,
-            metrics=_metrics(2, 5, recall_lag=2),
+            "all placements plus zaremba at a second rate, 2 seeds, tiny models on a small synthetic corpus: "
+            "under a minute, for tests",
+            (_SMOKE,), seeds=2, placements=_rated(0.25) + ("zaremba:p=0.5",), short_lag=2, long_lag=5,
         ),
         StudyPreset(
             "default",
-            "all placements at one drop rate (0.25), 6 seeds: a synthetic language with copies planted 3, 8 "
-            "and 20 tokens back, plus Tiny Shakespeare (characters) when found",
-            (
-                CorpusPlan(
-                    _SYNTHETIC_DEFAULT,
-                    dict(_TINY_RUN, epochs=8, decay_after=5),
-                    MeasureConfig(max_lag=30, max_tokens=12_000, influence_windows=192, gradient_windows=96,
-                                  probe_positions=8000, probe_steps=60, probe_cell=False,
-                                  context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
-                                  position_windows=96),
-                ),
-                CorpusPlan(
-                    "tinyshakespeare",
-                    dict(_TINY_RUN, epochs=2, decay_after=1, train_tokens=150_000),
-                    MeasureConfig(max_lag=30, max_tokens=8000, influence_windows=128, gradient_windows=64,
-                                  probe_positions=6000, probe_steps=60, probe_cell=False,
-                                  context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
-                                  position_windows=64),
-                    optional=True,
-                ),
-            ),
-            # Six, not five: with 7 placements tested against the reference, Holm's correction
-            # multiplies the smallest exact permutation p-value of 5 vs 5 seeds (0.0079) past 0.05;
-            # at 6 vs 6 it is 7 x 0.0022 = 0.015 (probe.stats.seeds_needed(7) == 6).
-            seeds=6,
-            placements=EQUAL_RATE_PLACEMENTS,
-            metrics=_metrics(2, 10, recall_lag=3),
+            "all eight placements at one drop rate (0.3), 6 seeds, on a synthetic language with copies planted "
+            "3, 8 and 20 tokens back",
+            (_DEFAULT,), seeds=6, placements=_rated(0.3), short_lag=2, long_lag=10,
+        ),
+        StudyPreset(
+            "dose",
+            "dose-response: zaremba, naive and variational at drop rates 0.1, 0.3 and 0.5 against none, 6 seeds, "
+            "on the default's synthetic language (shares the default's runs at 0.3)",
+            (_DEFAULT,), seeds=6, placements=_doses(), short_lag=2, long_lag=10,
+        ),
+        StudyPreset(
+            "shakespeare",
+            "all eight placements at 0.3, 6 seeds, on Tiny Shakespeare (characters; its file must be found)",
+            (_SHAKESPEARE,), seeds=6, placements=_rated(0.3), short_lag=2, long_lag=10,
         ),
         StudyPreset(
             "paper",
@@ -180,8 +181,7 @@ PRESETS: dict[str, StudyPreset] = {
                     base="medium",
                 ),
             ),
-            seeds=6,
-            metrics=_metrics(10, 50),
+            seeds=6, short_lag=10, long_lag=50,
         ),
     )
 }
@@ -199,16 +199,19 @@ def plan_cells(plan: CorpusPlan, placements, seeds, device: str) -> list[Cell]:
 
 
 def training_rows(result: CellResult) -> list[dict]:
-    """Perplexities and training curves of one run as tidy rows."""
+    """Perplexities (at the selected epoch and the last one) and training curves of one run as tidy rows."""
     ids = result.cell.ids()
-    rows = []
-    for key in ("valid_ppl", "test_ppl", "seconds"):
-        value = result.result.get(key, math.nan)
-        rows.append(dict(ids, measure=key if key != "seconds" else "train_seconds", x_name="", x=math.nan,
-                         value=value if value is not None else math.nan, layer=-1, mode=""))
-    for e in result.result.get("epochs", []):
-        for key, measure in (("train_ppl", "train_ppl"), ("valid_ppl", "valid_ppl_epoch")):
-            rows.append(dict(ids, measure=measure, x_name="epoch", x=float(e["epoch"]), value=e[key], layer=-1, mode=""))
+    r = result.result
+
+    def row(measure, value, x_name="", x=math.nan):
+        value = math.nan if value is None else value
+        return dict(ids, measure=measure, x_name=x_name, x=x, value=value, layer=-1, mode="")
+
+    rows = [row(key, r.get(key, math.nan)) for key in ("valid_ppl", "test_ppl", "final_valid_ppl", "final_test_ppl")]
+    rows += [row("selected_epoch", r.get("selected_epoch", math.nan)), row("train_seconds", r.get("seconds", math.nan))]
+    for e in r.get("epochs", []):
+        rows.append(row("train_ppl", e["train_ppl"], "epoch", float(e["epoch"])))
+        rows.append(row("valid_ppl_epoch", e["valid_ppl"], "epoch", float(e["epoch"])))
     return rows
 
 
@@ -228,17 +231,19 @@ def _labels(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], path: Path, args, corpus_note: str,
+def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], path: Path, args, corpus,
                reference: str) -> Path:
     df = _labels(tidy_table(results))
     placements = [parse_placement(p).spec for p in dict.fromkeys(c.run.placement for c in (r.cell for r in results))]
     status = pd.Series([r.status for r in results]).value_counts().to_dict()
     failed = [f"{r.cell.run.placement} seed {r.cell.run.seed}: {r.status}" for r in results if r.status != "finished"]
     example = results[0].cell
+    optimum = math.exp(corpus.entropy_rate) if corpus.entropy_rate is not None else None
     config = {
         "study preset": f"{study.name}: {study.description}",
         "corpus": plan.corpus,
-        "split": corpus_note,
+        "split": corpus.split_note,
+        "optimum perplexity": "unknown (a real corpus)" if optimum is None else f"{optimum:.4f}",
         "seeds": ", ".join(str(s) for s in sorted({r.cell.run.seed for r in results})),
         "placements": ", ".join(placements),
         "reference placement": reference,
@@ -249,12 +254,21 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
         "measurements (MeasureConfig)": dataclasses.asdict(example.measure),
         "run folders": str(args.runs_dir),
     }
+    run = example.run
     methods = [
-        f"Corpus: {plan.corpus} ({corpus_note}).",
-        "Training follows Zaremba et al. (2014): plain SGD, learning rate held and then divided every epoch, "
-        "gradient norm clipped, hidden state carried across BPTT windows; evaluation carries state with no dropout.",
+        f"Corpus: {plan.corpus} ({corpus.split_note}).",
+        f"Training: {run.num_layers} x {run.hidden_size} LSTM, {run.optimizer} at learning rate {run.lr:g} held "
+        f"for {run.decay_after} epochs and then divided by {run.lr_decay:g} every epoch, {run.epochs} epochs, batch "
+        f"{run.batch_size}, BPTT {run.bptt}, gradient norm clipped at {run.clip:g}, hidden state carried across "
+        f"BPTT windows; evaluation carries state with no dropout. Every run is evaluated and measured at its "
+        f"best-validation epoch ({run.select} model selection, as pytorch/examples and AWD-LSTM do); the last "
+        f"epoch's perplexities are kept in the data (final_valid_ppl, final_test_ppl).",
         "Counterfactual influence replaces the token k steps back by a unigram draw and measures the KL divergence "
-        "of the next-token distribution; in training mode both copies share the placement's training masks.",
+        "of the next-token distribution (computed in float64); in training mode both copies share the placement's "
+        "training masks. KL is quadratic in small perturbations, so it decays at twice the rate of the hidden-state "
+        "distance and the gradient norm on the same network. Half-lives are the number of lags a curve takes to "
+        "halve from its lag-1 value (log-interpolated between the bracketing lags); decay rates are fitted only "
+        "above each measure's numerical noise floor.",
         "Probe information is a lower bound on the mutual information (bits) between the token k back and the "
         "top layer's hidden state, from a linear probe trained and scored on disjoint held-out positions.",
     ]
@@ -262,31 +276,38 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
         methods.append("Runs that did not finish (left out of every statistic): " + "; ".join(failed) + ".")
     runtime = sum(r.result.get("seconds", 0.0) or 0.0 for r in results)
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
-    tests = stats.test_against_reference(df, reference, list(study.metrics))
+    lags = planted_lags(df)
+    metrics = study_metrics(lags, study.short_lag, study.long_lag)
+    tests = stats.test_against_reference(df, reference, _present(df, metrics))
+    checks = validity_checks(df, optimum_ppl=optimum)
+    answer_cols = answer_columns(lags, study.short_lag)
+    styles = placement_styles(df["placement"].unique())
+    lead = [forest_figure(tests, [c.metric.name for c in answer_cols], styles)]
+    dose_panels = [("test_ppl", None, None, "test perplexity (lower is better)")]
+    dose_panels += [("recall_accuracy", k, "eval", f"recall at lag {k}") for k in lags]
+    dose_panels += [("influence_kl_eval_half_life", None, "eval", "influence half-life (tokens)")]
+    dose = dose_figure(df, dose_panels, styles)
+    if dose is not None:
+        lead.append(dose)
     return render_report(
         path, title=f"Memory decay under dropout placements: {plan.corpus}", question=QUESTION, config=config,
-        placements=placements, tidy=df, tests=tests, summary=headline(tests) + stats.summarize(tests),
-        environment=env, figures=standard_figures(df), methods=methods,
+        placements=placements, tidy=df, tests=tests, summary=report_text.summarize(tests), environment=env,
+        figures=standard_figures(df, optimum), methods=methods,
+        headline=headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag),
+        checks=checks, answer=answer_table(df, tests, answer_cols, reference), lead_figures=lead,
     )
 
 
-def headline(tests: pd.DataFrame, placement: str = "naive", alpha: float = 0.05) -> list[str]:
-    """The toolkit's question answered first: does ``placement`` lose memory relative to the reference?"""
-    rows = tests[[parse_placement(p).name == placement for p in tests["placement"]]] if len(tests) else tests
-    if rows.empty:
-        return []
-    parts = []
-    for _, r in rows.iterrows():
-        significant = r["p_holm"] < alpha
-        parts.append(
-            f"{r['label']}: {stats.fmt(r['mean'], 3)} vs {stats.fmt(r['mean_ref'], 3)} "
-            f"(difference {stats.fmt(r['diff'], 3)}, 95% CI [{stats.fmt(r['ci_low'], 3)}, {stats.fmt(r['ci_high'], 3)}], "
-            f"Holm-corrected permutation p = {stats.fmt_p(r['p_holm'])}: "
-            f"{'significant' if significant else 'not significant'})"
-        )
-    first = rows.iloc[0]
-    return [f"The question first: does {first['placement']} (dropout on h_(t-1) at every step) lose memory "
-            f"relative to {first['reference']}? " + "; ".join(parts) + f". n = {first['n']} vs {first['n_ref']} seeds."]
+def _present(df: pd.DataFrame, metrics: list[stats.Metric]) -> list[stats.Metric]:
+    """The metrics this study measured (a real corpus has no recall; a short max_lag no long lag)."""
+    out = []
+    for m in metrics:
+        try:
+            if len(stats.metric_values(df, m)):
+                out.append(m)
+        except ValueError:
+            continue
+    return out
 
 
 def resolve_reference(reference: str, placements: list[str]) -> str:
@@ -328,7 +349,7 @@ def run_study(args) -> list[Path]:
             if r.status == "failed":
                 print(f"run {r.cell.run.run_id()} failed:\n{r.error}", file=sys.stderr)
         name = "memory_decay.html" if not paths else f"memory_decay_{_slug(plan.corpus)}.html"
-        paths.append(report_one(plan, study, results, Path(args.out) / name, args, corpus.split_note, reference))
+        paths.append(report_one(plan, study, results, Path(args.out) / name, args, corpus, reference))
         print(f"report: {paths[-1]}", file=sys.stderr)
     if not paths:
         raise CorpusError("no corpus of this preset could be loaded")
@@ -344,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     p.add_argument("--placements", nargs="+", metavar="SPEC",
                    help=f"placement specs to compare (default: all of {', '.join(PLACEMENT_NAMES)})")
-    p.add_argument("--reference", default="zaremba", help="placement every other is tested against (default zaremba)")
+    p.add_argument("--reference", default="none",
+                   help="placement every other is tested against (default none: the model without dropout)")
     p.add_argument("--seeds", type=int, help="seeds per placement (default: the preset's)")
     p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings")
     p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.data)")

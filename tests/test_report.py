@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from browser import chromium_binary, is_blank, render_in_chromium
-from probe import figures, report, stats
+from probe import figures, report, report_text, stats
 from studies import kernel_bench
 
 HOSTILE = "<script>alert(1)</script>"
@@ -43,15 +43,15 @@ def synthetic_tidy(placements=PLACEMENTS, seeds=range(5), *, lags=range(1, 13), 
             add(p, s, "influence_kl_eval_half_life", noisy(tau * np.log(2), 0.1))
             add(p, s, "effective_context", noisy(20 * tau, 0.1))
             for k in lags:
-                add(p, s, "influence_kl_eval", noisy(0.8 * np.exp(-k / tau)), "lag", k, mode="eval")
-                add(p, s, "influence_kl_train", noisy(0.8 * np.exp(-k / (tau * (0.3 if p == "naive" else 0.8)))),
+                add(p, s, "influence_kl", noisy(0.8 * np.exp(-k / tau)), "lag", k, mode="eval")
+                add(p, s, "influence_kl", noisy(0.8 * np.exp(-k / (tau * (0.3 if p == "naive" else 0.8)))),
                     "lag", k, mode="train")
-                add(p, s, "hidden_distance_eval", noisy(2 * np.exp(-k / tau)), "lag", k, mode="eval")
+                add(p, s, "influence_hidden", noisy(2 * np.exp(-k / tau)), "lag", k, mode="eval")
                 for layer in (0, 1):
                     add(p, s, "probe_bits", noisy(3 * np.exp(-k / tau)) + 0.05, "lag", k, layer=layer)
                     add(p, s, "probe_bits_untrained", noisy(0.6 * np.exp(-k / 2)) + 0.02, "lag", k, layer=layer)
-                add(p, s, "frequency_bits", 0.02, "lag", k)
-                add(p, s, "grad_norm", noisy(1.5 * np.exp(-k / tau)), "lag", k)
+                add(p, s, "probe_bits_baseline", 0.02, "lag", k)
+                add(p, s, "gradient_norm", noisy(1.5 * np.exp(-k / tau)), "lag", k)
             for length in (1, 2, 5, 10, 20, 50, 100):
                 add(p, s, "context_ppl", noisy(b * (1 + 1.5 * np.exp(-length / (3 * tau))), 0.01), "context_length", length)
             for pos in range(0, 30, 3):
@@ -62,7 +62,7 @@ def synthetic_tidy(placements=PLACEMENTS, seeds=range(5), *, lags=range(1, 13), 
     return pd.DataFrame(rows)
 
 
-METRICS = ["test_ppl", stats.Metric("influence_kl_train", x=10), "influence_kl_eval_half_life"]
+METRICS = ["test_ppl", stats.Metric("influence_kl", x=10, mode="train"), "influence_kl_eval_half_life"]
 
 
 def render(path: Path, tidy: pd.DataFrame, *, placements=PLACEMENTS, config=None, title="Memory under dropout") -> Path:
@@ -70,7 +70,7 @@ def render(path: Path, tidy: pd.DataFrame, *, placements=PLACEMENTS, config=None
     return report.render_report(
         path, title=title, question="Where can dropout go in an LSTM without destroying its memory?",
         config=config or {"corpus": "synthetic", "model": {"layers": 2, "hidden": 64}, "seeds": [0, 1, 2, 3, 4]},
-        placements=list(placements), tidy=tidy, tests=tests, summary=stats.summarize(tests),
+        placements=list(placements), tidy=tidy, tests=tests, summary=report_text.summarize(tests),
         environment=dict(ENVIRONMENT), figures=figures.standard_figures(tidy),
         methods=["Corpus: synthetic text, split 90/5/5."],
     )
@@ -129,9 +129,9 @@ def test_every_figure_is_one_inline_svg(rendered):
 
 
 def test_a_missing_measure_leaves_a_note_instead_of_a_figure(tmp_path):
-    tidy = synthetic_tidy(seeds=range(2), lags=range(1, 11), skip=("grad_norm", "train_ppl", "valid_ppl_epoch"))
+    tidy = synthetic_tidy(seeds=range(2), lags=range(1, 11), skip=("gradient_norm", "train_ppl", "valid_ppl_epoch"))
     figs = {f.key: f for f in figures.standard_figures(tidy)}
-    assert figs["gradient"].svg is None and "grad_norm" in figs["gradient"].note
+    assert figs["gradient"].svg is None and "gradient_norm" in figs["gradient"].note
     assert figs["training"].svg is None
     html = render(tmp_path / "r.html", tidy).read_text()
     assert figs["gradient"].note in html
@@ -156,7 +156,7 @@ def test_csv_beside_the_report_matches_the_printed_numbers(rendered):
         for measure in ("valid_ppl", "test_ppl"):
             values = data[(data["placement"] == placement) & (data["measure"] == measure)]
             ci = stats.mean_ci(values.groupby("seed")["value"].mean())
-            printed = f"{stats.fmt(ci.mean)} <span class=\"ci\">[{stats.fmt(ci.low)}, {stats.fmt(ci.high)}]</span>"
+            printed = f"{report_text.fmt(ci.mean)} <span class=\"ci\">[{report_text.fmt(ci.low)}, {report_text.fmt(ci.high)}]</span>"
             assert printed in rows[placement], (placement, measure)
             assert f"n = {ci.n}" in rows[placement]
 
@@ -164,19 +164,22 @@ def test_csv_beside_the_report_matches_the_printed_numbers(rendered):
     sig = section(html, "tests")
     assert len(tests) == 3 * (len(PLACEMENTS) - 1)
     for _, t in tests.iterrows():
-        row = next(r for r in table_rows(sig) if f"{t['placement']}</td>" in r and stats.fmt(t["mean"]) in r)
-        for text in (stats.fmt(t["mean_ref"]), stats.fmt(t["diff"]), stats.fmt_p(t["p_perm"]), stats.fmt_p(t["p_holm"]),
-                     stats.fmt(t["hedges_g"], 3), f"{t['n']} vs {t['n_ref']}"):
+        row = next(r for r in table_rows(sig) if f"{t['placement']}</td>" in r and report_text.fmt(t["mean"]) in r)
+        for text in (report_text.fmt(t["mean_ref"]), report_text.fmt(t["diff"]), report_text.fmt_p(t["p_perm"]), report_text.fmt_p(t["p_holm"]),
+                     report_text.fmt(t["hedges_g"], 3), f"{t['n']} vs {t['n_ref']}"):
             assert text in row, (t["metric"], t["placement"], text)
 
 
-def test_json_and_embedded_download_hold_the_same_data(rendered):
+def test_json_and_linked_data_files_hold_the_same_data(rendered):
     path, html, tidy = rendered
     doc = json.loads((path.parent / "study.json").read_text())
     assert len(doc["data"]) == len(tidy) and len(doc["tests"]) == 3 * (len(PLACEMENTS) - 1)
     assert doc["environment"] == ENVIRONMENT
-    uri = re.search(r'download="study_data.csv" href="data:text/csv;charset=utf-8;base64,([^"]+)"', html).group(1)
-    assert base64.b64decode(uri).decode() == (path.parent / "study_data.csv").read_text()
+    # The page links to the files beside it instead of embedding them, so it stays small.
+    for name in ("study_data.csv", "study_tests.csv", "study.json"):
+        assert f'href="{name}"' in html and (path.parent / name).exists()
+    assert "base64," not in html
+    assert len(pd.read_csv(path.parent / "study_data.csv")) == len(tidy)
 
 
 def test_hostile_labels_are_escaped(tmp_path):
@@ -187,7 +190,7 @@ def test_hostile_labels_are_escaped(tmp_path):
                   title=f"Study {HOSTILE}").read_text()
     assert "<script" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert f"{HOSTILE}" in base64.b64decode(re.search(r"base64,([^\"]+)\"", html).group(1)).decode()
+    assert HOSTILE in (tmp_path / "r_data.csv").read_text()  # the data keep the label as it was
 
 
 def test_rendering_is_deterministic(tmp_path):
@@ -333,8 +336,9 @@ def test_kernel_report_opens_in_chromium_without_errors(bench_json, tmp_path):
     assert errors == [] and not is_blank(png)
 
 
-def test_measure_module_names_split_panels_by_mode_and_layer():
-    # probe.measure writes "influence_kl" with mode eval/train and per-layer "influence_hidden".
+def test_panels_split_by_mode_and_show_the_top_layer_of_per_layer_measures():
+    # probe.measure writes "influence_kl" with mode eval/train and per-layer "influence_hidden"; figures draw
+    # the top layer (every layer stays in the data files).
     rows = []
     for p in ("zaremba", "naive"):
         for s in range(2):
@@ -350,7 +354,8 @@ def test_measure_module_names_split_panels_by_mode_and_layer():
     influence = figures.curve_figure(tidy, spec["influence"])
     assert influence.svg.count('id="influence-axes_') == 2
     hidden = figures.curve_figure(tidy, spec["hidden_distance"])
-    assert hidden.svg.count('id="hidden_distance-axes_') == 4
+    assert hidden.svg.count('id="hidden_distance-axes_') == 2
+    assert "top layer (1)" in hidden.svg and "layer 0" not in hidden.svg
 
 
 def test_figures_survive_a_diverged_run_with_infinite_perplexity():

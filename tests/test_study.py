@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -48,7 +49,8 @@ def test_smoke_report_names_every_placement_and_has_every_figure(smoke):
     for spec in SMOKE_SPECS:
         assert spec in html, spec
     figures = re.findall(r'<figure id="fig-([a-z_]+)"', html)
-    expected = {"perplexity", "influence", "probe", "gradient", "recall", "context", "position", "training"}
+    expected = {"forest", "dose", "perplexity", "influence", "probe", "gradient", "recall", "context", "position",
+                "training"}
     assert expected <= set(figures), figures
     assert html.count("<svg") == len(figures)
 
@@ -64,7 +66,7 @@ def test_data_beside_the_report_parses_and_matches_its_numbers(smoke):
     for placement, value in ppl.items():
         assert f"{value:.2f}" in html, (placement, value)
     # So is every test's difference, to the precision the table prints.
-    assert len(tests) == 7 * tests["label"].nunique()
+    assert len(tests) == (len(SMOKE_SPECS) - 1) * tests["label"].nunique()
     assert (tests["n"] == 2).all() and (tests["n_ref"] == 2).all()
 
 
@@ -73,16 +75,31 @@ def test_report_warns_that_two_seeds_cannot_reach_significance(smoke):
     assert "no test can reach significance" in html
 
 
-def test_summary_answers_the_naive_versus_zaremba_question_first(smoke):
+def test_report_answers_first_with_headline_checks_and_answer_table(smoke):
     html = unescape((smoke / "memory_decay.html").read_text())
-    summary = html[html.index('id="summary"'):]
-    first = summary[summary.index("<li>"):summary.index("</li>")]
-    tests = pd.read_csv(smoke / "memory_decay_tests.csv")
-    naive = tests[tests["placement"].str.startswith("naive:")]
-    assert "does naive:" in first and "relative to zaremba:" in first
-    for label in naive["label"]:
-        assert label in first
-    assert "not significant" in first  # 2 vs 2 seeds cannot be significant
+    main = html[html.index("<main"):]
+    # The first section is the answer; the full list of comparisons comes after it, collapsed.
+    assert main.index('id="answer"') < main.index('id="comparisons"') < main.index('id="placements"')
+    answer = main[main.index('id="answer"'):main.index('id="comparisons"')]
+    headline = re.findall(r"<p>(.*?)</p>", answer[:answer.index("</div>")], re.S)
+    assert 1 <= len(headline) <= 6
+    assert any("cannot reach significance at this number of seeds" in s for s in headline)  # 2 vs 2 seeds
+    assert "Can this study answer the question?" in answer
+    report = json.loads((smoke / "memory_decay.json").read_text())
+    keys = [c["key"] for c in report["checks"]]
+    assert keys == ["overfits", "dropout_helps", "lag_span", "memory_learned", "fitted"]
+    for check in report["checks"]:
+        assert check["verdict"] in ("pass", "fail", "not computable") and check["detail"] in answer
+    # A failed check is said in the headline's first sentence.
+    if any(c["verdict"] == "fail" for c in report["checks"]):
+        assert headline[0].startswith("This study cannot fully answer its question")
+    assert "Placements at a glance" in answer and "recall, lag 10" in answer
+    assert report["headline"] == [unescape(h) for h in headline]
+
+
+def test_report_stays_small_with_its_data_beside_it(smoke):
+    assert (smoke / "memory_decay.html").stat().st_size < 2_000_000
+    assert (smoke / "memory_decay_data.csv").stat().st_size > 0
 
 
 @pytest.mark.skipif(chromium_binary() is None, reason="headless Chromium not installed (.ci/run installs it)")
@@ -112,7 +129,7 @@ def test_killed_study_resumes_without_recomputing_and_matches_an_uninterrupted_o
     os.killpg(proc.pid, signal.SIGKILL)  # the study and its workers, mid-way
     proc.wait()
     finished = {p: p.stat().st_mtime_ns for p in runs.rglob("measure-*.csv")}
-    assert 3 <= len(finished) < 16, "the study must be killed part-way through its 16 runs"
+    assert 3 <= len(finished) < 18, "the study must be killed part-way through its 18 runs"
     assert not (out / "memory_decay.html").exists()
 
     resumed = run_study(out)

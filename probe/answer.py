@@ -1,0 +1,166 @@
+"""The report's first screen: a headline of a few sentences and one answer table, drawn from the tests.
+
+``headline`` states, in at most six sentences, whether the study can answer
+its question (its validity checks), which placements regularise (test
+perplexity against the reference), which keep memory at which planted lags,
+how much influence survives each placement's own training masks, and what is
+not distinguishable at this n. Every number in it comes from the tests
+table; nothing is claimed that a failed check rules out.
+
+``answer_table`` is one row per placement: test perplexity, recall at each
+planted lag, the influence half-life and the share of influence kept under
+training masks, each as mean [interval] with a mark where it differs
+significantly from the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from probe import stats
+from probe.report_text import fmt, fmt_p
+from probe.validity import Check
+
+
+@dataclass(frozen=True)
+class AnswerColumn:
+    """One column of the answer table: a tested metric and how its header reads."""
+
+    metric: stats.Metric
+    header: str
+
+
+def _rows(tests: pd.DataFrame, measure: str, x: float | None = None, mode: str | None = None) -> pd.DataFrame:
+    sel = tests[tests["measure"] == measure]
+    if x is not None:
+        sel = sel[np.isclose(sel["x"].astype(float), x)]
+    if mode is not None and "metric" in sel:
+        sel = sel[sel["metric"].str.contains(f"[{mode}]", regex=False)]
+    return sel
+
+
+def _names(rows: pd.DataFrame) -> str:
+    return ", ".join(str(p) for p in rows["placement"])
+
+
+def _significant(rows: pd.DataFrame, alpha: float, better: bool) -> pd.DataFrame:
+    good = (rows["diff"] > 0) == rows["higher_is_better"].astype(bool)
+    return rows[(rows["p_holm"] < alpha) & (good if better else ~good)]
+
+
+def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: list[int],
+             short_lag: int | None = None, alpha: float = 0.05) -> list[str]:
+    """At most six sentences answering the question from the tests and checks (see the module docstring)."""
+    failed = [c for c in checks if c.passed is False]
+    unknown = [c for c in checks if c.passed is None]
+    sentences = []
+    if not failed and not unknown:
+        sentences.append("This study can answer its question: every validity check below passes.")
+    elif failed:
+        clauses = [c.short or c.title.lower() for c in failed]
+        listed = clauses[0] if len(clauses) == 1 else "; ".join(clauses[:-1]) + "; and " + clauses[-1]
+        sentences.append(f"This study cannot fully answer its question: {listed} (validity checks below).")
+    else:
+        sentences.append("Some validity checks could not be computed from these runs: "
+                         + ", ".join(c.title.lower() for c in unknown) + ".")
+    ppl = _rows(tests, "test_ppl")
+    if len(ppl):
+        better = _significant(ppl, alpha, True).sort_values("mean")
+        worse = _significant(ppl, alpha, False)
+        if len(better):
+            best = better.iloc[0]
+            text = (f"Against {reference}, test perplexity is significantly lower with {_names(better)} (best: "
+                    f"{best['placement']}, {fmt(best['mean'], 4)} vs {fmt(best['mean_ref'], 4)}, Holm p = "
+                    f"{fmt_p(best['p_holm'])})")
+        else:
+            text = f"No placement has a significantly lower test perplexity than {reference}"
+        if len(worse):
+            text += f"; it is significantly higher with {_names(worse)}"
+        sentences.append(text + ".")
+    if lags:
+        memory_claims_ok = not any(c.key == "memory_learned" and c.passed is False for c in checks)
+        lost_at: dict[str, list[int]] = {}
+        for lag in lags:
+            for _, r in _significant(_rows(tests, "recall_accuracy", lag), alpha, False).iterrows():
+                lost_at.setdefault(str(r["placement"]), []).append(lag)
+        placements = [str(p) for p in stats.registry_order(_rows(tests, "recall_accuracy")["placement"].unique())]
+        kept = [p for p in placements if p not in lost_at]
+        if not memory_claims_ok:
+            sentences.append("Recall differences are not interpreted as memory lost, because memory was not "
+                             "learned at every planted lag without dropout.")
+        elif placements:
+            parts = []
+            if kept:
+                parts.append(f"recall of planted copies is not significantly below {reference}'s at any planted "
+                             f"lag ({', '.join(map(str, lags))}) with {', '.join(kept)}")
+            if lost_at:
+                parts.append("it is significantly below at " + "; ".join(
+                    f"lag {', '.join(map(str, v))} with {p}" for p, v in lost_at.items()))
+            sentences.append(("; ".join(parts)).capitalize() + ".")
+    if short_lag is not None:
+        retained = _rows(tests, "influence_kl_retained", short_lag)
+        lost = _significant(retained, alpha, False).sort_values("mean")
+        if len(lost):
+            worst = lost.iloc[0]
+            sentences.append(
+                f"Under their own training masks, {_names(lost)} keep significantly less of their lag-{short_lag} "
+                f"influence than {reference} (lowest: {worst['placement']}, {fmt(100 * worst['mean'], 3)}% vs "
+                f"{fmt(100 * worst['mean_ref'], 3)}%).")
+    undecided = tests[~(tests["p_holm"] < alpha)]
+    blocked = tests[tests["warning"].astype(str).str.contains("no test can reach|out of reach|too small")]
+    if len(blocked):
+        sentences.append(f"{len(blocked)} of {len(tests)} comparisons cannot reach significance at this number of "
+                         f"seeds; they are estimates, not findings.")
+    elif len(tests):
+        sentences.append(f"{len(undecided)} of {len(tests)} comparisons are not distinguishable from {reference} "
+                         f"at α = {alpha:g} after Holm correction (listed below).")
+    return sentences[:6]
+
+
+def answer_columns(lags: list[int], short_lag: int | None) -> list[AnswerColumn]:
+    columns = [AnswerColumn(stats.Metric("test_ppl"), "test perplexity")]
+    columns += [AnswerColumn(stats.Metric("recall_accuracy", x=k, mode="eval"), f"recall, lag {k}") for k in lags]
+    columns.append(AnswerColumn(stats.Metric("influence_kl_eval_half_life", mode="eval"),
+                                "influence half-life (tokens)"))
+    if short_lag is not None:
+        columns.append(AnswerColumn(stats.Metric("influence_kl_retained", x=short_lag, mode="train"),
+                                    f"influence kept under training masks, lag {short_lag}"))
+    return columns
+
+
+def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerColumn], reference: str,
+                 *, alpha: float = 0.05) -> dict:
+    """{"headers": [...], "rows": [{"placement", "cells": [{mean, low, high, n, mark, p}]}]}; marks: "▲"/"▼"
+    where the placement is significantly better/worse than the reference (Holm-corrected permutation test)."""
+    present, values = [], {}
+    for col in columns:
+        try:
+            values[col.header] = stats.metric_values(tidy, col.metric)
+        except ValueError:
+            continue
+        if len(values[col.header]):
+            present.append(col)
+    rows = []
+    for placement in stats.registry_order(tidy["placement"].unique()):
+        cells = []
+        for col in present:
+            v = values[col.header]
+            ci = stats.mean_ci(v.loc[v["placement"] == placement, "value"])
+            t = tests[(tests["metric"] == col.metric.name) & (tests["placement"] == placement)]
+            mark, p = "", None
+            if len(t):
+                r = t.iloc[0]
+                p = r["p_holm"]
+                if r["p_holm"] < alpha:
+                    mark = "▲" if (r["diff"] > 0) == bool(r["higher_is_better"]) else "▼"
+            cells.append({"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "mark": mark, "p": p})
+        rows.append({"placement": placement, "reference": placement == reference, "cells": cells})
+    return {"headers": [c.header for c in present], "rows": rows}
+
+
+def answer_metrics(lags: list[int], short_lag: int | None) -> list[stats.Metric]:
+    """The metrics the answer table shows, to be tested against the reference."""
+    return [c.metric for c in answer_columns(lags, short_lag)]

@@ -1,0 +1,82 @@
+"""probe.answer: the headline and answer table come from the tests and checks, and say no more than they allow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from probe import stats
+from probe.answer import answer_columns, answer_table, headline
+from probe.validity import Check
+
+LAGS = [3, 8, 20]
+SEEDS = range(6)
+
+
+def tidy() -> pd.DataFrame:
+    """none regularises worst; zaremba lowers perplexity and keeps recall; naive loses recall at 8 and 20."""
+    truth = {
+        "none": dict(ppl=4.0, recall={3: 0.9, 8: 0.6, 20: 0.4}),
+        "zaremba:p=0.3": dict(ppl=3.7, recall={3: 0.9, 8: 0.6, 20: 0.4}),
+        "naive:p=0.3,rec=0.3": dict(ppl=4.3, recall={3: 0.88, 8: 0.3, 20: 0.15}),
+    }
+    rows = []
+    for placement, t in truth.items():
+        for s in SEEDS:
+            jitter = 0.01 * (s - 2.5)
+            rows.append(dict(placement=placement, seed=s, measure="test_ppl", x_name="", x=np.nan,
+                             value=t["ppl"] + jitter, layer=-1, mode=""))
+            for lag, acc in t["recall"].items():
+                rows.append(dict(placement=placement, seed=s, measure="recall_accuracy", x_name="lag", x=float(lag),
+                                 value=acc + jitter, layer=-1, mode="eval"))
+    return pd.DataFrame(rows)
+
+
+def comparisons(df: pd.DataFrame) -> pd.DataFrame:
+    metrics = [c.metric for c in answer_columns(LAGS, None)]
+    present = [m for m in metrics if (df["measure"] == m.measure).any()]
+    return stats.test_against_reference(df, "none", present)
+
+
+PASSING = [Check("overfits", "t", True, "", "f1"), Check("memory_learned", "t", True, "", "f2")]
+
+
+def test_headline_says_what_regularises_and_what_loses_memory_at_which_lags():
+    sentences = headline(comparisons(tidy()), PASSING, reference="none", lags=LAGS)
+    assert 2 <= len(sentences) <= 6
+    text = " ".join(sentences)
+    assert sentences[0].startswith("This study can answer its question")
+    assert "significantly lower with zaremba:p=0.3" in text
+    assert "significantly higher with naive:p=0.3,rec=0.3" in text
+    assert "lag 8, 20 with naive:p=0.3,rec=0.3" in text
+    assert "at any planted lag (3, 8, 20) with zaremba:p=0.3" in text
+
+
+def test_a_failed_check_is_stated_first_and_blocks_the_memory_claims():
+    failed = [Check("overfits", "t", True, "", "f1"),
+              Check("memory_learned", "t", False, "", "Memory is not learned at lag 20.", "short clause")]
+    sentences = headline(comparisons(tidy()), failed, reference="none", lags=LAGS)
+    assert sentences[0].startswith("This study cannot fully answer its question: short clause")
+    text = " ".join(sentences)
+    assert "not interpreted as memory lost" in text
+    assert "lag 8, 20 with naive" not in text
+
+
+def test_headline_admits_when_n_is_too_small():
+    small = tidy()
+    small = small[small["seed"] < 2]
+    sentences = headline(comparisons(small), PASSING, reference="none", lags=LAGS)
+    assert any("cannot reach significance at this number of seeds" in s for s in sentences)
+    assert not any("significantly lower with" in s for s in sentences)
+
+
+def test_answer_table_marks_significant_differences_against_the_reference():
+    df = tidy()
+    table = answer_table(df, comparisons(df), answer_columns(LAGS, None), "none")
+    assert table["headers"] == ["test perplexity", "recall, lag 3", "recall, lag 8", "recall, lag 20"]
+    rows = {r["placement"]: r for r in table["rows"]}
+    assert rows["none"]["reference"] and all(c["mark"] == "" for c in rows["none"]["cells"])
+    assert rows["zaremba:p=0.3"]["cells"][0]["mark"] == "▲"  # lower perplexity is better
+    naive = [c["mark"] for c in rows["naive:p=0.3,rec=0.3"]["cells"]]
+    assert naive[0] == "▼" and naive[2:] == ["▼", "▼"]
+    assert abs(rows["zaremba:p=0.3"]["cells"][0]["mean"] - 3.7) < 1e-9
