@@ -1,6 +1,7 @@
 """The masked LSTM recurrence: ``lstm_layer`` and its backends.
 
-``kernels`` imports only torch and triton (DESIGN.md, "Layout").
+``kernels`` imports only torch and triton; imports run one way,
+``studies -> probe -> kernels``.
 """
 
 from .contract import MASK_NAMES, RecurrentMasks, check_inputs

@@ -1,6 +1,7 @@
 """The recurrence contract shared by every backend: mask bundle and input checks.
 
-See DESIGN.md, "The recurrence contract". Checks happen here, once, at the
+The per-step equations are in docs/recurrence.md ("Forward, one step") and,
+as code, in ``kernels.reference.lstm_step``. Checks happen here, once, at the
 Python boundary, so backends can assume well-formed inputs.
 """
 

@@ -2,11 +2,12 @@
 
 Why this file exists: on the 2-core AMD machines this project targets,
 float32 ``torch.mm`` goes through MKL at about half the speed oneDNN reaches
-on the same product (see REFERENCES.md, "CPU facts"). ``torch.nn.LSTM`` uses
-oneDNN internally, so a masked recurrence built on ``torch.mm`` cannot keep
-up with it. Here every product used by the CPU training path goes through
-oneDNN's linear primitive, with the weight reordered ("packed") once when it
-is reused across the time steps of a sequence.
+on the same product (measured on this project's 2-core AMD EPYC CI machine,
+see docs/benchmarks.md). ``torch.nn.LSTM`` uses oneDNN internally, so a
+masked recurrence built on ``torch.mm`` cannot keep up with it. Here every
+product used by the CPU training path goes through oneDNN's linear
+primitive, with the weight reordered ("packed") once when it is reused
+across the time steps of a sequence.
 
 Everything falls back to ``torch.nn.functional.linear`` where oneDNN cannot
 serve: other devices, dtypes other than float32, builds without oneDNN, or

@@ -1,6 +1,7 @@
 """The masked LSTM recurrence in plain torch: the spec, and the CPU training path.
 
-Two implementations of one function (DESIGN.md, "The recurrence contract"):
+Two implementations of one function (the recurrence of docs/recurrence.md,
+"Forward, one step"; mask bundle and checks in ``kernels/contract.py``):
 
 - ``lstm_layer_loop``: the per-step semantics written out literally and
   differentiated by autograd. It is the spec every other backend is tested
@@ -27,7 +28,7 @@ __all__ = ["lstm_step", "lstm_layer_loop", "lstm_layer_reference", "lstm_layer_p
 
 
 def lstm_step(gx_t, h, c, w_hh, m: RecurrentMasks):
-    """One step of the masked LSTM, exactly as DESIGN.md writes it."""
+    """One step of the masked LSTM, exactly as docs/recurrence.md ("Forward, one step") writes it."""
     hr = h if m.recurrent is None else h * m.recurrent
     z = gx_t + hr @ w_hh.t()
     i, f, g, o = z.chunk(4, dim=-1)

@@ -17,7 +17,7 @@ GEMM's K dimension), the four (BLOCK_H x H) slices of W_hh for its units,
 its slice of gx[t], c_{t-1} and the masks, and writes h_t, c_t and, when a
 backward will follow, the activated gates and tanh(c_t) that it reads.
 
-Semantics (DESIGN.md, "The recurrence contract"; spec: ``kernels.reference.lstm_step``):
+Semantics (docs/recurrence.md, "Forward, one step"; spec: ``kernels.reference.lstm_step``):
     z   = gx[t] + (h * recurrent) @ w_hh.T          -> i, f, g, o
     c'  = sigmoid(f) * c + sigmoid(i) * (tanh(g) * cell_update)
     c'  = c' * cell

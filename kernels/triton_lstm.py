@@ -1,7 +1,7 @@
 """The masked LSTM on Triton: the autograd Function joining the two kernels, and their launchers.
 
 ``lstm_layer_triton`` computes exactly ``kernels.reference.lstm_layer_loop``
-(DESIGN.md, "The recurrence contract"); ``kernels.lstm_layer`` dispatches
+(the recurrence of docs/recurrence.md); ``kernels.lstm_layer`` dispatches
 here for ``backend="triton"`` after ``check_inputs``. The math lives in
 ``triton_fw.py`` (forward) and ``triton_bw.py`` (backward); this file owns
 the buffers, the launch configuration and the preconditions. The design and

@@ -2,7 +2,7 @@
 
 Every figure draws one line per placement with a t-interval band across
 seeds (``stats.estimate``), drawn with ``fill_between`` because seaborn 0.13
-cannot draw intervals computed elsewhere (REFERENCES.md). Each placement
+cannot draw intervals computed elsewhere (its errorbar= computes its own). Each placement
 keeps one colour and marker in every figure, taken from the registry order
 in a colour-blind-safe palette (Okabe & Ito), so a reader learns the key once.
 

@@ -1,8 +1,8 @@
 """Where dropout goes: the placement registry, its spec grammar, and mask sampling.
 
-A placement is data, not code (DESIGN.md, "Placements"): a name, a citation,
-and a set of sites, each with a rate parameter and a scope. This module is
-the single source of truth; the model, the reports and the CLIs read it.
+A placement is data, not code: a name, a citation, and a set of sites, each
+with a rate parameter and a scope. This module is the single source of
+truth; the model, the reports and the CLIs read it.
 
 Spec grammar: ``name`` or ``name:key=value,key=value``, e.g.
 ``variational:p=0.5,rec=0.3`` or ``zoneout:zc=0.25,zh=0.025``. Every value is
@@ -25,7 +25,7 @@ import torch
 
 
 class Site(str, Enum):
-    """Where a mask is applied (DESIGN.md)."""
+    """Where a mask is applied."""
 
     EMBEDDING = "embedding"  # drop whole word types
     INPUT = "input"  # each layer's non-recurrent input x_t

@@ -128,7 +128,7 @@ class RunConfig:
         )
 
 
-# Zaremba, Sutskever & Vinyals 2014, Table 1 and Sec. 4.1 (see REFERENCES.md).
+# Zaremba, Sutskever & Vinyals 2014, "Recurrent Neural Network Regularization", Table 1 and Sec. 4.1.
 PRESETS: dict[str, dict] = {
     "small": dict(
         placement="none", num_layers=2, hidden_size=200, emb_size=200, batch_size=20, bptt=20,

@@ -119,12 +119,12 @@ def _doses(rates=(0.1, 0.3, 0.5)) -> tuple[str, ...]:
 # 16 tokens, and copies of a <mark>ed token planted 3, 8 and 20 tokens later. Its regime was chosen by
 # the validity checks (docs/regime.md), never by how the placements compare.
 _SYNTHETIC_SMOKE = "synthetic:vocab=8,train=6000,valid=3000,test=2000,lags=2+5+10,cue=0.3,mark=1"
-_SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=35000,valid=10000,test=10000,lags=3+8+20,cue=0.2,mark=1"
-_DEFAULT_RUN = dict(num_layers=2, hidden_size=128, emb_size=128, batch_size=20, bptt=35, optimizer="adam",
-                    lr=5e-3, lr_decay=2.0, decay_after=10, epochs=13, init_scale=0.1, clip=5.0)
+_SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=40000,valid=10000,test=10000,lags=3+8+20,cue=0.2,mark=1"
+_DEFAULT_RUN = dict(num_layers=2, hidden_size=96, emb_size=96, batch_size=16, bptt=35, optimizer="adam", forget_bias=1.0,
+                    lr=5e-3, lr_decay=2.0, decay_after=14, epochs=18, init_scale=0.1, clip=5.0)
 _DEFAULT_MEASURE = MeasureConfig(
-    max_lag=30, max_tokens=10_000, influence_windows=128, gradient_windows=64, probe_positions=6000,
-    probe_steps=50, probe_cell=False, context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
+    max_lag=30, max_tokens=10_000, influence_windows=128, gradient_windows=64, probe_positions=4000,
+    probe_steps=40, probe_cell=False, context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
     position_windows=64,
 )
 _SMOKE = CorpusPlan(

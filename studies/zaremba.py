@@ -9,7 +9,7 @@ size, over several seeds, and writes ``<out>/zaremba.html``: the paper's
 validation and test perplexities beside ours with t-intervals across seeds,
 training curves, words per second, seconds per epoch and the device.
 
-The PTB training file is not shipped with ../shared/data. Without it the
+The PTB training file is not in the local corpus folder. Without it the
 study stops with an error saying how to obtain it, unless ``--split
 substitute`` is given (PTB valid as training text, halves of PTB test for
 evaluation); the report then says prominently that its numbers are not
@@ -38,7 +38,7 @@ from probe.train import PRESETS as TRAIN_PRESETS
 from probe.train import preset
 from studies.cli import add_grid_options, finish_grid_options
 
-# REFERENCES.md: Zaremba et al. 2014, Table 1 (valid / test perplexity).
+# Zaremba, Sutskever & Vinyals 2014, Table 1 (valid / test perplexity).
 PAPER = {"small": (120.7, 114.5), "medium": (86.2, 82.7), "large": (82.2, 78.4)}
 SIZES = tuple(PAPER)
 
@@ -142,7 +142,7 @@ def run_study(args) -> Path:
         f"Corpus: {corpus.label}: {corpus.split_note}",
         "Protocol (probe.train): plain SGD at learning rate 1, held for the paper's number of epochs and then divided "
         "every epoch, gradient norm clipped, uniform initialisation, hidden state carried across BPTT windows; "
-        "evaluation carries state with no dropout. Paper values: REFERENCES.md (Zaremba et al. 2014, Table 1).",
+        "evaluation carries state with no dropout. Paper values: Zaremba, Sutskever & Vinyals 2014, Table 1.",
     ]
     placements = list(dict.fromkeys(r.cell.run.placement for _, r in paired))
     env = collect_environment(jobs=str(args.jobs))

@@ -1,4 +1,6 @@
-"""The one table format every measurement returns (DESIGN.md: "tidy DataFrames").
+"""The one table format every measurement returns: a tidy DataFrame.
+
+docs/measurements.md ("The table") describes the same format for users.
 
 One row per measure x x-value, with columns, in this order::
 
