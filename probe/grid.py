@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import Corpus, load_corpus
+from .corpus import Corpus
+from .datasets import corpus_fingerprint, load_corpus
 from .files import write_atomic
 from .train import RunConfig, train
 
@@ -98,7 +99,7 @@ _CORPORA: dict[tuple, Corpus] = {}
 
 def _corpus(config: RunConfig, data_dir) -> Corpus:
     """Corpora are loaded once per worker process."""
-    key = (config.corpus, config.split, str(data_dir))
+    key = (config.corpus, config.split, str(data_dir), corpus_fingerprint(config.corpus))  # text files: by content
     if key not in _CORPORA:
         _CORPORA[key] = load_corpus(config.corpus, data_dir, split=config.split)
     return _CORPORA[key]

@@ -96,7 +96,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import torch
 
-from probe.data import Corpus, CorpusError, Vocab
+from probe.corpus import Corpus, CorpusError, Vocab
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import Corpus, batchify, bptt_windows, load_corpus
+from .corpus import Corpus, batchify, bptt_windows
+from .datasets import corpus_fingerprint, load_corpus
 from .files import write_atomic, write_json_atomic
 from .model import LanguageModel, ModelConfig, detach_state
 from .placements import parse_placement
@@ -110,9 +111,23 @@ class RunConfig:
         return self.lr / self.lr_decay ** max(0, epoch - self.decay_after)
 
     def run_id(self) -> str:
-        """A stable hash of the full configuration: the run folder's name."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A stable hash of the full configuration: the run folder's name.
+
+        ``corpus`` is the string as typed; for the user's own text files
+        (probe.textcorpus) their sha256 (``corpus_sha256``) is hashed in too, so
+        a run is never reused after a file's content changes. Registry and
+        synthetic corpora are fixed by their names and hash as the config alone.
+        """
+        fields = dataclasses.asdict(self)
+        corpus_sha256 = self.corpus_sha256()
+        if corpus_sha256 is not None:
+            fields["corpus_sha256"] = corpus_sha256
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def corpus_sha256(self) -> str | None:
+        """The sha256 of a text-file corpus's files (None for registry and synthetic corpora)."""
+        return corpus_fingerprint(self.corpus)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -361,7 +376,10 @@ def train(
         run_path.mkdir(parents=True, exist_ok=True)
         ckpt_path = run_path / "checkpoint.pt"
         _check_same_config(run_path, config)
-        write_json_atomic(run_path / "config.json", dataclasses.asdict(config) | {"run_id": config.run_id()})
+        provenance = {"run_id": config.run_id()}
+        if config.corpus_sha256() is not None:
+            provenance["corpus_sha256"] = config.corpus_sha256()
+        write_json_atomic(run_path / "config.json", dataclasses.asdict(config) | provenance)
         if ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
             model.load_state_dict(ckpt["model"])
@@ -448,6 +466,11 @@ def _check_same_config(run_path: Path, config: RunConfig) -> None:
         return
     saved = json.loads(existing.read_text())
     saved.pop("run_id", None)
+    if saved.pop("corpus_sha256", None) not in (None, config.corpus_sha256()):
+        raise ValueError(
+            f"run folder {run_path} holds a run trained on other contents of the corpus file(s) {config.corpus!r}; "
+            "use a fresh folder (run folders are keyed by RunConfig.run_id(), which hashes the files in)"
+        )
     if saved != json.loads(json.dumps(dataclasses.asdict(config))):
         raise ValueError(
             f"run folder {run_path} holds a run of a different configuration; "
@@ -503,7 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="starting configuration: Zaremba's small/medium/large, or tiny for tests (default tiny)")
     p.add_argument("--corpus", help="synthetic (default), ptb, ptb-char, wikitext-2, tinyshakespeare, "
-                   "or a synthetic spec such as synthetic:lags=5+20,cue=0.2")
+                   "a synthetic spec such as synthetic:lags=5+20,cue=0.2, or your own UTF-8 text: a file "
+                   "PATH.txt (word level, cut in order 90/5/5 into train/valid/test), a folder PATH/ holding "
+                   "train.txt, valid.txt and test.txt, or with options text,level=char,valid=0.1,test=0.1:PATH "
+                   "(level=word|char; everything after the first ':' is the path; vocabulary from the "
+                   "training text, unseen tokens become <unk>; see probe.textcorpus)")
     p.add_argument("--split", choices=["canonical", "substitute"],
                    help="'substitute' uses a corpus's valid file as training text where the train file is absent")
     p.add_argument("--placement", help="placement spec, e.g. variational:p=0.5,rec=0.3 (see probe.placements)")
@@ -553,6 +580,7 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(args)
         corpus = load_corpus(config.corpus, args.data_dir, split=config.split, download=args.download)
+        check_corpus_fits(corpus, config)
     except ValueError as e:  # CorpusError and PlacementError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -561,6 +589,20 @@ def main(argv=None) -> int:
     result = train(config, run_dir, corpus=corpus, progress=not args.no_progress, log=_print_epoch)
     print(_summary_line(result, run_dir))
     return 0 if result.status == "finished" else 1
+
+
+def check_corpus_fits(corpus: Corpus, config: RunConfig) -> None:
+    """A one-line ValueError, before any training, when a split is too short to batch."""
+    need = 2 * config.batch_size
+    for split in ("train", "valid", "test"):
+        n = getattr(corpus, split).numel()
+        if split == "train" and config.train_tokens is not None:
+            n = min(n, config.train_tokens)
+        if n < need:
+            raise ValueError(
+                f"corpus {corpus.label}: its {split} split has {n} tokens but batch size {config.batch_size} needs "
+                f"at least {need}; use a longer text or a smaller --batch-size"
+            )
 
 
 def _print_epoch(e: dict) -> None:

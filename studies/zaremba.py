@@ -28,7 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from probe import report_text, stats
-from probe.data import CorpusError, load_corpus
+from probe.corpus import CorpusError
+from probe.datasets import load_corpus
 from probe.figures import standard_figures
 from probe.grid import Cell, CellResult, run_grid
 from probe.ray_executor import ClusterError

@@ -1,4 +1,4 @@
-"""probe.data: registry, verified loading, substitute splits, downloads, batching.
+"""probe.corpus and probe.datasets: registry, verified loading, substitute splits, downloads, batching.
 
 Real corpora come from the shared data folder (fixture ``shared_data`` in
 conftest.py); downloads are tested against a real HTTP server on 127.0.0.1.
@@ -19,18 +19,13 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from probe import data
-from probe.data import (
+from probe.corpus import SPLITS, CorpusError, Vocab, batchify, bptt_windows, num_windows
+from probe.datasets import (
     DATASETS,
-    CorpusError,
     DatasetSpec,
     SourceFile,
-    Vocab,
-    batchify,
-    bptt_windows,
     download,
     load_corpus,
-    num_windows,
     resolve_data_dir,
 )
 
@@ -83,7 +78,7 @@ def _unused_port() -> int:
 
 
 def _toy_spec(base_url: str, sha: dict[str, str | None], vocab_size: int | None = None) -> DatasetSpec:
-    files = {s: SourceFile(f"toy.{s}.txt", f"{base_url}/toy.{s}.txt", sha[s]) for s in data.SPLITS}
+    files = {s: SourceFile(f"toy.{s}.txt", f"{base_url}/toy.{s}.txt", sha[s]) for s in SPLITS}
     return DatasetSpec(
         name="toy",
         level="word",

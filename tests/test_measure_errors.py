@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from probe.data import Corpus, Vocab
+from probe.corpus import Corpus, Vocab
 from probe.measure import (
     MeasureConfig,
     context_length_curve,

@@ -21,7 +21,7 @@ import math
 import pytest
 import torch
 
-from probe.data import batchify
+from probe.corpus import batchify
 from probe.measure import (
     MeasureConfig,
     context_length_curve,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from probe import measure_names, stats
-from probe.data import load_corpus
+from probe.datasets import load_corpus
 from probe.grid import Cell, CellResult
 from probe.measure import run_all
 from probe.model import LanguageModel

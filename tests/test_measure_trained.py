@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probe.data import batchify
+from probe.corpus import batchify
 from probe.measure import (
     MeasureConfig,
     context_length_curve,

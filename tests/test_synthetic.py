@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from probe.data import CorpusError, load_corpus
+from probe.corpus import CorpusError
+from probe.datasets import load_corpus
 from probe.synthetic import (
     SyntheticLanguage,
     SyntheticSpec,

@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probe.data import batchify, load_corpus
+from probe.corpus import batchify
+from probe.datasets import load_corpus
 from probe.model import LanguageModel
 from probe.placements import PLACEMENT_NAMES, Scope, Site, parse_placement
 from probe.train import PRESETS, RunConfig, best_epoch, evaluate, learning_rates, preset, selected_epoch, train

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from probe.data import Corpus
+from probe.corpus import Corpus
 from probe.model import LanguageModel
 
 from . import tidy

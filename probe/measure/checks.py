@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
-from probe.data import Corpus
+from probe.corpus import Corpus
 from probe.model import LanguageModel
 
 
@@ -40,7 +40,7 @@ def check_stream(stream, model: LanguageModel, what: str = "held-out stream") ->
 def heldout(corpus: Corpus, split: str, max_tokens: int | None) -> torch.Tensor:
     """The first ``max_tokens`` ids of a corpus split, with a clear error for a missing or empty one."""
     if not isinstance(corpus, Corpus):
-        raise ValueError(f"expected a probe.data.Corpus; got {type(corpus).__name__}")
+        raise ValueError(f"expected a probe.corpus.Corpus; got {type(corpus).__name__}")
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be one of train, valid, test; got {split!r}")
     ids = getattr(corpus, split)

@@ -1,9 +1,4 @@
-"""Corpora: the dataset registry, verified loading into id tensors, batchify and BPTT windows.
-
-Conventions follow pytorch/examples ``word_language_model``: word-level text is
-split on whitespace with ``<eos>`` appended at every line end, ids are given in
-order of first appearance, and ``batchify`` cuts the token stream into B
-contiguous streams (here shaped (N, B), time-major, as the kernels expect).
+"""The dataset registry and ``load_corpus``: named corpora with checksums, downloads, splits.
 
 Every file the registry knows has a canonical URL and, where one is published,
 a sha256. Files are looked for in ``<data_dir>/<dataset name>/``; a present file
@@ -11,6 +6,13 @@ must match its checksum, a file with no known checksum is used only with
 ``trust_unverified=True``. Where a training file is absent, ``split="substitute"``
 trains on the validation file and halves the test file into valid and test, and
 says so in ``Corpus.split_note`` (reports print it).
+
+``load_corpus`` also loads the generated corpus of probe.synthetic
+(``synthetic`` / ``synthetic:key=value,...``) and corpora from the user's own
+text: a path to a UTF-8 .txt file or to a folder holding train.txt, valid.txt
+and test.txt, with options as ``text,level=char,valid=0.05,test=0.05:PATH``
+(syntax and rules in probe.textcorpus). The corpus types and batching live in
+probe.corpus.
 """
 
 from __future__ import annotations
@@ -22,22 +24,17 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Literal, Mapping
 
-import torch
+from probe import textcorpus
+from probe.corpus import EOS, SPLITS, Corpus, CorpusError, Vocab
+from probe.synthetic import load_synthetic
 
 ENV_VAR = "DROPOUT_PROBE_DATA"
-EOS = "<eos>"
-UNK = "<unk>"
-SPLITS = ("train", "valid", "test")
 SPLIT_MODES = ("canonical", "substitute")
-
-
-class CorpusError(ValueError):
-    """A corpus cannot be loaded as asked; the message says why and what to do about it."""
 
 
 # --------------------------------------------------------------------------- registry
@@ -170,7 +167,8 @@ SYNTHETIC_NAMES = ("synthetic", "synthetic:key=value,...")
 
 
 def corpus_names() -> list[str]:
-    """Every name ``load_corpus`` accepts (the synthetic entry stands for its spec strings)."""
+    """Every name ``load_corpus`` accepts (the synthetic entry stands for its spec strings;
+    text files and folders, see probe.textcorpus, are accepted besides)."""
     return [*DATASETS, *SYNTHETIC_NAMES]
 
 
@@ -179,123 +177,28 @@ def get_dataset(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise CorpusError(f"unknown corpus {name!r}; valid names: {', '.join(corpus_names())}") from None
+        raise CorpusError(
+            f"unknown corpus {name!r}; valid names: {', '.join(corpus_names())}; "
+            f"or a text file or folder: {textcorpus.SYNTAX}"
+        ) from None
 
 
-# --------------------------------------------------------------------------- vocabulary
+def _is_synthetic(name: str) -> bool:
+    return name == "synthetic" or name.startswith("synthetic:")
 
 
-class Vocab:
-    """Token strings <-> ids, immutable once built.
+def corpus_fingerprint(name: str) -> str | None:
+    """What identifies corpus ``name`` beyond the string itself: the sha256 of its text files.
 
-    Encoding a token outside the vocabulary gives ``<unk>`` when the vocabulary
-    has it (PTB, WikiText-2) and is an error otherwise (characters, synthetic).
+    None for registry names and synthetic specs (their name fixes their content:
+    registry files are checksummed, synthetic corpora are generated); for a
+    text file or folder, ``textcorpus.fingerprint`` (a CorpusError if the files
+    cannot be read). ``RunConfig.run_id`` mixes this in, so a run trained on a
+    file is never reused after the file's content changes.
     """
-
-    def __init__(self, itos: Iterable[str]):
-        itos = tuple(itos)
-        stoi: dict[str, int] = {}
-        for i, token in enumerate(itos):
-            if token in stoi:
-                raise CorpusError(f"vocabulary lists {token!r} twice (ids {stoi[token]} and {i})")
-            stoi[token] = i
-        self._itos = itos
-        self._stoi = stoi
-        self._frozen = True
-
-    def __setattr__(self, name, value):
-        if getattr(self, "_frozen", False):
-            raise AttributeError("Vocab is immutable")
-        super().__setattr__(name, value)
-
-    @classmethod
-    def build(cls, *streams: Iterable[str]) -> "Vocab":
-        """Types of the streams in order of first appearance (pytorch/examples' Dictionary)."""
-        seen: dict[str, None] = {}
-        for stream in streams:
-            seen.update(dict.fromkeys(stream))
-        return cls(seen)
-
-    @property
-    def itos(self) -> tuple[str, ...]:
-        return self._itos
-
-    @property
-    def stoi(self) -> Mapping[str, int]:
-        return MappingProxyType(self._stoi)
-
-    @property
-    def unk_id(self) -> int | None:
-        return self._stoi.get(UNK)
-
-    def __len__(self) -> int:
-        return len(self._itos)
-
-    def __contains__(self, token: object) -> bool:
-        return token in self._stoi
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocab) and self._itos == other._itos
-
-    def __hash__(self) -> int:
-        return hash(self._itos)
-
-    def __repr__(self) -> str:
-        head = ", ".join(map(repr, self._itos[:5]))
-        return f"Vocab({len(self)} types: {head}{', ...' if len(self) > 5 else ''})"
-
-    def encode(self, tokens: Sequence[str]) -> torch.Tensor:
-        """Ids of ``tokens`` as a 1-D long tensor."""
-        stoi, unk = self._stoi, self.unk_id
-        if unk is not None:
-            ids = [stoi.get(t, unk) for t in tokens]
-        else:
-            try:
-                ids = [stoi[t] for t in tokens]
-            except KeyError:
-                unknown = sorted({t for t in tokens if t not in stoi})
-                raise CorpusError(
-                    f"{len(unknown)} token type(s) are not in the vocabulary and it has no {UNK}: "
-                    f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
-                ) from None
-        return torch.tensor(ids, dtype=torch.long)
-
-    def decode(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
-        """Token strings of ``ids``."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.reshape(-1).tolist()
-        return [self._itos[i] for i in ids]
-
-
-# --------------------------------------------------------------------------- corpus
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: tensors do not compare to a bool
-class Corpus:
-    """A tokenised corpus: vocabulary plus train/valid/test id streams (1-D long tensors).
-
-    ``split`` is "canonical" or "substitute"; ``split_note`` says in words which
-    text backs each split (reports print it). ``entropy_rate`` (nats/token) is
-    known only for synthetic corpora; ``annotations`` holds per-token side data
-    (synthetic: ``<split>_lag``); ``files`` names the file behind each split.
-    """
-
-    name: str
-    level: str
-    vocab: Vocab
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    split: str
-    split_note: str
-    entropy_rate: float | None = None
-    annotations: Mapping[str, torch.Tensor] = field(default_factory=dict)
-    files: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """Name for reports, e.g. "ptb (substitute split)"."""
-        return self.name if self.split == "canonical" else f"{self.name} ({self.split} split)"
+    if _is_synthetic(name) or name in DATASETS or not textcorpus.is_text_spec(name):
+        return None
+    return textcorpus.fingerprint(name)
 
 
 # --------------------------------------------------------------------------- data folder
@@ -456,9 +359,14 @@ def load_corpus(
     """Load corpus ``name`` as id tensors.
 
     name: a registry name (``corpus_names()``), or ``synthetic`` /
-        ``synthetic:key=value,...`` for the generated corpus of probe.synthetic.
+        ``synthetic:key=value,...`` for the generated corpus of probe.synthetic,
+        or the user's own text: a .txt file or a folder holding train.txt,
+        valid.txt and test.txt (``PATH``, or ``text,key=value,...:PATH`` with
+        options; see probe.textcorpus). Registry and synthetic names win over a
+        file of the same name (write ``./ptb`` for a file called ptb).
     data_dir: the corpora folder (see ``resolve_data_dir``); files live in
-        ``<data_dir>/<name>/``.
+        ``<data_dir>/<name>/``. Text paths are not looked up in it (they are
+        relative to the working directory).
     split: "canonical" (the published train/valid/test files) or "substitute"
         (valid file as training text, test file halved into valid and test; for
         when the training file is unavailable). Tiny Shakespeare is one file:
@@ -474,12 +382,17 @@ def load_corpus(
     tokens outside it become ``<unk>``); from all text used, train first, on a
     substitute split and for Tiny Shakespeare, so every token has an id.
     """
-    if name == "synthetic" or name.startswith("synthetic:"):
-        from probe.synthetic import load_synthetic  # lazy: probe.synthetic imports this module
-
+    if _is_synthetic(name):
         if split != "canonical":
             raise CorpusError(f"synthetic corpora have only split='canonical' (got {split!r})")
         return load_synthetic(name, seed=seed)
+    if name not in DATASETS and textcorpus.is_text_spec(name):
+        if split != "canonical":
+            raise CorpusError(
+                f"text corpora have only split='canonical' (got {split!r}); a single file is split by its "
+                "valid= and test= fractions, a folder by its train.txt, valid.txt and test.txt"
+            )
+        return textcorpus.load_text_corpus(name)
     spec = get_dataset(name)
     if split not in SPLIT_MODES:
         raise CorpusError(f"unknown split {split!r}; valid splits: {', '.join(SPLIT_MODES)}")
@@ -603,50 +516,3 @@ def _tokens(text: str, tokenization: str, start: float, stop: float) -> list[str
         tokens.extend(line.split())
         tokens.append(EOS)
     return tokens
-
-
-# --------------------------------------------------------------------------- batching
-
-
-def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Cut a 1-D token stream into ``batch_size`` contiguous streams, shaped (N, B).
-
-    Column b is tokens [b*N, (b+1)*N) of the stream; the trailing len % B tokens
-    are dropped (pytorch/examples' convention, time-major here).
-    """
-    if ids.dim() != 1:
-        raise ValueError(f"batchify expects a 1-D token stream; got shape {tuple(ids.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    n = ids.numel() // batch_size
-    if n < 2:
-        raise ValueError(
-            f"batchify needs at least batch_size*2 = {batch_size * 2} tokens (an input and a target per "
-            f"stream); got {ids.numel()}"
-        )
-    return ids[: n * batch_size].view(batch_size, n).t().contiguous()
-
-
-def num_windows(data: torch.Tensor, bptt: int) -> int:
-    """How many windows ``bptt_windows(data, bptt)`` yields."""
-    _check_windows(data, bptt)
-    return -(-(data.shape[0] - 1) // bptt)
-
-
-def bptt_windows(data: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive (x, y) windows of batchified ``data`` (N, B): x (T, B) and y = x shifted by one step.
-
-    T = bptt except for the last window, which takes what is left (at least 1).
-    """
-    _check_windows(data, bptt)
-    last = data.shape[0] - 1  # the final row is only ever a target
-    for start in range(0, last, bptt):
-        stop = min(start + bptt, last)
-        yield data[start:stop], data[start + 1 : stop + 1]
-
-
-def _check_windows(data: torch.Tensor, bptt: int) -> None:
-    if data.dim() != 2 or data.shape[0] < 2:
-        raise ValueError(f"expected batchified data (N >= 2, B); got shape {tuple(data.shape)}")
-    if bptt < 1:
-        raise ValueError(f"bptt must be >= 1; got {bptt}")

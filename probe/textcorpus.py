@@ -1,0 +1,320 @@
+"""Corpora from the user's own text: one UTF-8 file cut by fractions, or a folder of three files.
+
+Syntax (what ``--corpus`` and ``load_corpus`` take)
+---------------------------------------------------
+``PATH``
+    A text file or a folder, with the default options. A plain string counts
+    as a path when it contains ``/`` or ``\\``, ends in ``.txt`` or names
+    something that exists; registry names (``ptb``, ...) and synthetic specs
+    are matched first, so write ``./ptb`` for a file called ``ptb``.
+``text:PATH``
+    The same, for any path: everything after ``text:`` is the path, verbatim.
+``text,KEY=VALUE,...:PATH``
+    With options. The options run from ``text,`` to the first ``:``; the rest
+    is the path, verbatim (so ``text,level=char:C:\\corpora\\book.txt`` works,
+    and so do paths with spaces, commas, ``=`` or further colons). Keys:
+
+    ``level=word|char`` (default word)
+        word: whitespace-separated tokens, ``<eos>`` appended at every line
+        end (pytorch/examples' word_language_model convention); char: every
+        character is a token, the newline included.
+    ``valid=FRACTION``, ``test=FRACTION`` (default 0.05 each; a single file only)
+        The share of the file's tokens held out. A file is cut in order, with
+        no shuffling: train = the first 1 - valid - test of its tokens, valid
+        the next ``valid``, test the last ``test``.
+
+A path that itself starts with ``text:`` or ``text,`` needs ``text:`` (or
+``./``) in front. Relative paths are relative to the working directory, not
+to the corpora folder (``--data-dir``). Shell examples::
+
+    --corpus notes.txt
+    --corpus corpora/mine/                      # train.txt, valid.txt, test.txt
+    --corpus 'text,level=char,valid=0.1,test=0.1:books/emma.txt'
+
+Files and rules
+---------------
+A folder must hold ``train.txt``, ``valid.txt`` and ``test.txt``; ``valid=`` and
+``test=`` do not apply to it. Files are read as UTF-8 (a leading byte-order mark
+is dropped; ``\\r\\n`` and ``\\r`` line ends read as ``\\n``, as Python's text mode
+does). An empty file, a file with a NUL byte in its first 8 kB (binary), a file
+that is not UTF-8 (the error names the byte offset of the first bad byte) and a
+split that would hold no tokens are one-line ``CorpusError``s.
+
+The vocabulary comes from the training text only, in order of first
+appearance. A valid or test token that does not occur in the training text
+becomes ``<unk>``: the training text's own ``<unk>`` if it has one, else an
+``<unk>`` appended to the vocabulary (only when some token needs it).
+``Corpus.unknown_counts`` holds how many valid and test tokens became
+``<unk>``; ``Corpus.sources`` maps every file read to its sha256; and
+``Corpus.split_note`` says all of it in words (file names, sha256, level, split
+sizes, vocabulary rule, ``<unk>`` counts and shares), which study reports print.
+
+Run identity: ``RunConfig.corpus`` keeps the string as typed, and
+``RunConfig.run_id`` also hashes ``fingerprint(spec)`` (the files' sha256), so a
+run trained on a file is never reused after the file's content changes.
+Every process that trains or looks up such a run (grid workers, Ray workers)
+reads the file by the same path, so on a cluster it must be there too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from probe.corpus import EOS, SPLITS, UNK, Corpus, CorpusError, Vocab
+
+LEVELS = ("word", "char")
+DEFAULT_FRACTION = 0.05  # of valid and of test, for a single file
+BINARY_SNIFF = 8192  # bytes searched for a NUL
+OPTIONS_HELP = "level=word|char, valid=FRACTION, test=FRACTION (valid and test: single files only)"
+SYNTAX = (
+    "PATH.txt (cut 90/5/5 in order), a folder PATH with train.txt, valid.txt, test.txt, "
+    "or text,level=char,valid=0.1,test=0.1:PATH"
+)
+_LEVEL_WORDS = {
+    "word": "word level (whitespace tokens, <eos> at each line end)",
+    "char": "char level (every character a token, newline included)",
+}
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """A parsed text corpus string."""
+
+    path: Path
+    level: str = "word"
+    valid: float = DEFAULT_FRACTION
+    test: float = DEFAULT_FRACTION
+    fractions_given: bool = False  # valid= or test= was written (an error for a folder)
+
+    @property
+    def train(self) -> float:
+        return 1.0 - self.valid - self.test
+
+
+def is_text_spec(name: str) -> bool:
+    """Whether ``name`` reads as a text corpus (registry and synthetic names are to be tried first)."""
+    return (
+        name.startswith(("text:", "text,"))
+        or "/" in name
+        or "\\" in name
+        or name.lower().endswith(".txt")
+        or os.path.exists(name)
+    )
+
+
+def parse_text_spec(name: str) -> TextSpec:
+    """``PATH``, ``text:PATH`` or ``text,key=value,...:PATH`` as a TextSpec (syntax: module docstring)."""
+    options = ""
+    if name.startswith("text:"):
+        path = name[len("text:"):]
+    elif name.startswith("text,"):
+        options, sep, path = name[len("text,"):].partition(":")
+        if not sep:
+            raise CorpusError(
+                f"text corpus {name!r}: the options must end with ':' and the path, e.g. text,level=char:book.txt"
+            )
+    else:
+        path = name
+    if not path:
+        raise CorpusError(f"text corpus {name!r} names no file or folder")
+    values: dict[str, str] = {}
+    for item in options.split(",") if options else []:
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if key not in ("level", "valid", "test"):
+            raise CorpusError(f"unknown text corpus option {key!r} in {name!r}; valid options: {OPTIONS_HELP}")
+        if not eq or not value:
+            raise CorpusError(
+                f"text corpus option {key!r} needs a value (key=value) in {name!r}; valid options: {OPTIONS_HELP}"
+            )
+        if key in values:
+            raise CorpusError(f"text corpus option {key!r} given twice in {name!r}")
+        values[key] = value
+    level = values.get("level", "word")
+    if level not in LEVELS:
+        raise CorpusError(f"text corpus option level must be word or char (got {level!r}) in {name!r}")
+    fractions = {k: _fraction(name, k, values[k]) if k in values else DEFAULT_FRACTION for k in ("valid", "test")}
+    if fractions["valid"] + fractions["test"] >= 1:
+        raise CorpusError(
+            f"text corpus {name!r}: valid={fractions['valid']:g} + test={fractions['test']:g} leaves no training "
+            "text; they must sum to less than 1"
+        )
+    return TextSpec(Path(path).expanduser(), level, fractions["valid"], fractions["test"],
+                    fractions_given="valid" in values or "test" in values)
+
+
+def _fraction(name: str, key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < 1):
+        raise CorpusError(
+            f"text corpus option {key} must be a fraction strictly between 0 and 1 (got {raw!r}) in {name!r}; "
+            f"valid options: {OPTIONS_HELP}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _files(spec: TextSpec) -> dict[str, Path]:
+    """The file behind each split (the same file for all three when the corpus is one file)."""
+    path = spec.path
+    if path.is_dir():
+        if spec.fractions_given:
+            raise CorpusError(
+                f"text corpus folder {path}: valid= and test= apply to a single file; a folder's splits are its "
+                "train.txt, valid.txt and test.txt"
+            )
+        files = {s: path / f"{s}.txt" for s in SPLITS}
+        missing = [f.name for f in files.values() if not f.is_file()]
+        if missing:
+            raise CorpusError(
+                f"text corpus folder {path} lacks {', '.join(missing)}; "
+                "a folder needs train.txt, valid.txt and test.txt"
+            )
+        return files
+    if path.is_file():
+        return dict.fromkeys(SPLITS, path)
+    if path.exists():
+        raise CorpusError(f"text corpus {path} is neither a file nor a folder")
+    raise CorpusError(f"text corpus file not found: {path}")
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _sha256_of(path: Path) -> str:
+    """sha256 of a file, cached while its (path, inode, size, mtime, ctime) stay the same."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def fingerprint(name: str) -> str:
+    """The sha256 of the text behind ``name``: one digest for a file, ``train.txt=...,valid.txt=...,test.txt=...``
+    for a folder. ``RunConfig.run_id`` hashes it in."""
+    files = _files(parse_text_spec(name))
+    if len(set(files.values())) == 1:
+        return _sha256_of(files["train"])
+    return ",".join(f"{f.name}={_sha256_of(f)}" for f in files.values())
+
+
+def read_text_file(path: Path) -> tuple[str, str]:
+    """The text of a UTF-8 file and the sha256 of its bytes; a one-line CorpusError if it is not usable text."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"cannot read text corpus file {path}: {err.strerror or err}") from None
+    if not raw:
+        raise CorpusError(f"text corpus file {path} is empty (0 bytes)")
+    nul = raw.find(b"\0", 0, BINARY_SNIFF)
+    if nul >= 0:
+        raise CorpusError(
+            f"text corpus file {path} looks binary (a NUL byte at byte offset {nul}); a corpus must be UTF-8 text"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorpusError(
+            f"text corpus file {path} is not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} is "
+            "invalid; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    if not text:
+        raise CorpusError(f"text corpus file {path} is empty (only a byte-order mark)")
+    return text, hashlib.sha256(raw).hexdigest()
+
+
+def tokenize(text: str, level: str) -> list[str]:
+    """char: every character; word: whitespace tokens with ``<eos>`` at every line end
+    (a trailing newline ends the last line rather than starting an empty one)."""
+    if level == "char":
+        return list(text)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    tokens: list[str] = []
+    for line in lines:
+        tokens.extend(line.split())
+        tokens.append(EOS)
+    return tokens
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.4g}%"
+
+
+def load_text_corpus(name: str) -> Corpus:
+    """The corpus of a text spec string (``load_corpus`` sends text specs here)."""
+    spec = parse_text_spec(name)
+    files = _files(spec)
+    single = len(set(files.values())) == 1
+    read = {path: read_text_file(path) for path in dict.fromkeys(files.values())}
+    sources = {str(path.resolve()): sha for path, (_, sha) in read.items()}
+    if single:
+        path = files["train"]
+        tokens = tokenize(read[path][0], spec.level)
+        n = len(tokens)
+        a = round(n * spec.train)
+        b = max(a, n - round(n * spec.test))
+        parts = {"train": tokens[:a], "valid": tokens[a:b], "test": tokens[b:]}
+        for split, part in parts.items():
+            if not part:
+                fix = "smaller valid= and test=" if split == "train" else f"a larger {split}="
+                raise CorpusError(
+                    f"text corpus file {path}: the {split} split ({_pct(getattr(spec, split))} of the file's {n} "
+                    f"tokens) would be empty; "
+                    f"use a longer file or {fix}"
+                )
+        where = (
+            f"text file {path.resolve()} (sha256 {read[path][1]}), {_LEVEL_WORDS[spec.level]}: {n:,} tokens cut in "
+            f"order into train = first {_pct(spec.train)} ({a:,} tokens), valid = next {_pct(spec.valid)} "
+            f"({b - a:,}), test = last {_pct(spec.test)} ({n - b:,})"
+        )
+    else:
+        parts = {s: tokenize(read[f][0], spec.level) for s, f in files.items()}
+        hashes = ", ".join(f"{f.name} sha256 {read[f][1]}" for f in files.values())
+        sizes = ", ".join(f"{s} = {f.name} ({len(parts[s]):,} tokens)" for s, f in files.items())
+        where = f"text folder {spec.path.resolve()} ({hashes}), {_LEVEL_WORDS[spec.level]}: {sizes}"
+
+    vocab = Vocab.build(parts["train"])
+    unknown = {s: sum(t not in vocab for t in parts[s]) for s in ("valid", "test")}
+    own_unk = UNK in vocab
+    if any(unknown.values()) and not own_unk:
+        vocab = Vocab([*vocab.itos, UNK])
+    note = f"{where}; vocabulary of {len(vocab):,} types from the training text only, in order of first appearance; "
+    counts = ", ".join(
+        f"{unknown[s]:,} of {len(parts[s]):,} {s} tokens ({unknown[s] / len(parts[s]):.2%})" for s in unknown
+    )
+    if not any(unknown.values()):
+        note += f"every valid and test token occurs in the training text (0 {UNK})"
+    elif own_unk:
+        note += f"tokens unseen in training become the training text's own {UNK}: {counts}"
+    else:
+        note += f"tokens unseen in training become {UNK} (added to the vocabulary for them): {counts}"
+    return Corpus(
+        name=name,
+        level=spec.level,
+        vocab=vocab,
+        **{s: vocab.encode(parts[s]) for s in SPLITS},
+        split="canonical",
+        split_note=note,
+        files={s: str(f.resolve()) for s, f in files.items()},
+        sources=sources,
+        unknown_counts=unknown,
+    )
