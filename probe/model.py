@@ -14,6 +14,10 @@ the model only samples them and applies them at their sites:
 Masks can also be sampled once and passed in explicitly (``sample_masks``),
 which is how measurements apply a placement's training masks identically to
 two inputs without depending on train/eval mode.
+
+The per-layer computation (a layer's masks, and one layer on them) is
+``probe.masked_lstm``'s, shared with ``MaskedLSTM`` (the drop-in for
+``torch.nn.LSTM``), so there is one masked LSTM layer in the toolkit.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels import RecurrentMasks, linear, lstm_layer_from_input
+from kernels import linear, lstm_layer_from_input
 
-from .placements import RECURRENT_SITES, Placement, Site, dropout_mask, parse_placement, site_mask
+from .masked_lstm import LayerMasks, apply_mask, masked_lstm_layer, sample_layer_masks
+from .placements import Placement, Site, dropout_mask, parse_placement, site_mask
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -61,15 +66,6 @@ class ModelConfig:
 
 
 @dataclass
-class LayerMasks:
-    """Masks of one LSTM layer for one forward pass."""
-
-    input: torch.Tensor | None
-    weight: torch.Tensor | None
-    recurrent: RecurrentMasks
-
-
-@dataclass
 class ModelMasks:
     """Every mask of one forward pass over (T, B) tokens."""
 
@@ -86,11 +82,6 @@ class LSTMLayer(nn.Module):
         self.w_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.w_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         self.bias = nn.Parameter(torch.empty(4 * hidden_size))
-
-
-def _apply(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Multiply (T, B, D) activations by a step (T, B, D) or sequence (B, D) mask."""
-    return x if mask is None else x * mask
 
 
 class LanguageModel(nn.Module):
@@ -140,17 +131,10 @@ class LanguageModel(nn.Module):
         emb = None
         if training and pl.active(Site.EMBEDDING):
             emb = dropout_mask((c.vocab_size,), pl.rate(Site.EMBEDDING), generator, **kw)
-        layers = []
-        for layer in self.layers:
-            H_in = layer.w_ih.shape[1]
-            H = c.hidden_size
-            weight = None
-            if training and pl.active(Site.WEIGHT):
-                weight = dropout_mask(tuple(layer.w_hh.shape), pl.rate(Site.WEIGHT), generator, **kw)
-            rec = RecurrentMasks(
-                *(site_mask(pl, s, T, B, H, generator, training=training, **kw) for s in RECURRENT_SITES)
-            )
-            layers.append(LayerMasks(site_mask(pl, Site.INPUT, T, B, H_in, generator, training=training, **kw), weight, rec))
+        layers = [
+            sample_layer_masks(pl, T, B, layer.w_ih.shape[1], c.hidden_size, generator, training=training, **kw)
+            for layer in self.layers
+        ]
         out = site_mask(pl, Site.OUTPUT, T, B, c.hidden_size, generator, training=training, **kw)
         return ModelMasks(emb, layers, out)
 
@@ -184,14 +168,13 @@ class LanguageModel(nn.Module):
             x = x * masks.embedding[ids].unsqueeze(-1)
         new_state, hidden = [], []
         for layer, m, (h0, c0) in zip(self.layers, masks.layers, state):
-            w_hh = layer.w_hh if m.weight is None else layer.w_hh * m.weight
-            x, (h, c) = lstm_layer_from_input(
-                _apply(x, m.input), layer.w_ih, layer.bias, h0, c0, w_hh,
-                **m.recurrent._asdict(), backend=self.config.backend,
+            x, (h, c) = masked_lstm_layer(
+                x, layer.w_ih, layer.bias, h0, c0, layer.w_hh, m,
+                backend=self.config.backend, recurrence=lstm_layer_from_input,
             )
             new_state.append((h, c))
             hidden.append(x)
-        logits = linear(_apply(x, masks.output), self.decoder.weight, self.decoder.bias)
+        logits = linear(apply_mask(x, masks.output), self.decoder.weight, self.decoder.bias)
         if return_hidden:
             return logits, new_state, hidden
         return logits, new_state
