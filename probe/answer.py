@@ -99,7 +99,8 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
             if lost_at:
                 parts.append("it is significantly below at " + "; ".join(
                     f"lag {', '.join(map(str, v))} with {p}" for p, v in lost_at.items()))
-            sentences.append(("; ".join(parts)).capitalize() + ".")
+            text = "; ".join(parts)
+            sentences.append(text[:1].upper() + text[1:] + ".")
     if short_lag is not None:
         retained = _rows(tests, "influence_kl_retained", short_lag)
         lost = _significant(retained, alpha, False).sort_values("mean")
@@ -124,10 +125,10 @@ def answer_columns(lags: list[int], short_lag: int | None) -> list[AnswerColumn]
     columns = [AnswerColumn(stats.Metric("test_ppl"), "test perplexity")]
     columns += [AnswerColumn(stats.Metric("recall_accuracy", x=k, mode="eval"), f"recall, lag {k}") for k in lags]
     columns.append(AnswerColumn(stats.Metric("influence_kl_eval_half_life", mode="eval"),
-                                "influence half-life (tokens)"))
+                                "influence half-life"))
     if short_lag is not None:
         columns.append(AnswerColumn(stats.Metric("influence_kl_retained", x=short_lag, mode="train"),
-                                    f"influence kept under training masks, lag {short_lag}"))
+                                    f"influence kept under masks, lag {short_lag}"))
     return columns
 
 

@@ -586,6 +586,9 @@ def main(argv=None) -> int:
         return 2
     run_dir = (args.runs_dir or default_runs_dir()) / config.run_id()
     print(f"run {config.run_id()} -> {run_dir}\ncorpus: {corpus.label}: {corpus.split_note}", file=sys.stderr)
+    if _finished(run_dir, config):
+        print(f"reusing the finished run in {run_dir} (same configuration; delete the folder to train again)",
+              file=sys.stderr)
     result = train(config, run_dir, corpus=corpus, progress=not args.no_progress, log=_print_epoch)
     print(_summary_line(result, run_dir))
     return 0 if result.status == "finished" else 1
@@ -603,6 +606,15 @@ def check_corpus_fits(corpus: Corpus, config: RunConfig) -> None:
                 f"corpus {corpus.label}: its {split} split has {n} tokens but batch size {config.batch_size} needs "
                 f"at least {need}; use a longer text or a smaller --batch-size"
             )
+
+
+def _finished(run_dir: Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` already holds this configuration's finished run (train() then only reloads it)."""
+    try:
+        saved = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved.get("run_id") == config.run_id() and saved.get("status") == "finished"
 
 
 def _print_epoch(e: dict) -> None:

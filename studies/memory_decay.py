@@ -28,7 +28,8 @@ import pandas as pd
 
 from probe import report_text, stats
 from probe.answer import answer_columns, answer_metrics, answer_table, headline
-from probe.data import CorpusError, load_corpus
+from probe.corpus import CorpusError
+from probe.datasets import load_corpus
 from probe.grid import Cell, CellResult, run_grid
 from probe.ray_executor import ClusterError
 from probe.measure import MeasureConfig, run_all
@@ -119,11 +120,11 @@ def _doses(rates=(0.1, 0.3, 0.5)) -> tuple[str, ...]:
 # 16 tokens, and copies of a <mark>ed token planted 3, 8 and 20 tokens later. Its regime was chosen by
 # the validity checks (docs/regime.md), never by how the placements compare.
 _SYNTHETIC_SMOKE = "synthetic:vocab=8,train=6000,valid=3000,test=2000,lags=2+5+10,cue=0.3,mark=1"
-_SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=40000,valid=10000,test=10000,lags=3+8+20,cue=0.2,mark=1"
+_SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=30000,valid=10000,test=10000,lags=3+8+20,cue=0.2,mark=1"
 _DEFAULT_RUN = dict(num_layers=2, hidden_size=96, emb_size=96, batch_size=16, bptt=35, optimizer="adam", forget_bias=1.0,
-                    lr=5e-3, lr_decay=2.0, decay_after=14, epochs=18, init_scale=0.1, clip=5.0)
+                    lr=5e-3, lr_decay=2.0, decay_after=19, epochs=23, init_scale=0.1, clip=5.0)
 _DEFAULT_MEASURE = MeasureConfig(
-    max_lag=30, max_tokens=10_000, influence_windows=128, gradient_windows=64, probe_positions=4000,
+    max_lag=30, max_tokens=10_000, influence_windows=128, gradient_windows=64, probe_positions=3000,
     probe_steps=40, probe_cell=False, context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
     position_windows=64,
 )
@@ -368,8 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="none",
                    help="placement every other is tested against (default none: the model without dropout)")
     p.add_argument("--seeds", type=int, help="seeds per placement (default: the preset's)")
-    p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings")
-    p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.data)")
+    p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings: a registry name, "
+                   "a synthetic spec, or your own text (PATH.txt, a folder with train/valid/test.txt, or "
+                   "text,level=char,valid=0.1,test=0.1:PATH)")
+    p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.datasets)")
     add_grid_options(p, study="memory_decay", jobs=2)
     return p
 

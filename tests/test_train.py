@@ -440,6 +440,11 @@ def test_cli_trains_a_run_into_its_folder(tmp_path):
     assert json.loads((runs / run_id / "result.json").read_text())["status"] == "finished"
     assert "epoch   1  lr 10" in out.stderr and "words/s" in out.stderr  # each epoch as it ends
     assert out.stdout.startswith("finished: epoch 1 selected (--select best; best epoch 1 of 1)")
+    assert "reusing the finished run" not in out.stderr
+    again = run_cli("--preset", "tiny", "--corpus", SMALL_CORPUS, "--epochs", "1", "--runs-dir", str(runs),
+                    "--no-progress", cwd=tmp_path)
+    assert again.returncode == 0 and f"reusing the finished run in {runs / run_id}" in again.stderr
+    assert again.stdout == out.stdout  # the same result, reloaded, not retrained
 
 
 def test_cli_bad_optimizer_exits_2_with_a_one_line_message(tmp_path):
