@@ -81,24 +81,29 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
             text += f"; it is significantly higher with {_names(worse)}"
         sentences.append(text + ".")
     if lags:
-        memory_claims_ok = not any(c.key == "memory_learned" and c.passed is False for c in checks)
+        memory = next((c for c in checks if c.key == "memory_learned"), None)
+        learned = [k for k in lags if memory is None or k in memory.values.get("learned_lags", lags)]
+        unlearned = [k for k in lags if k not in learned]
         lost_at: dict[str, list[int]] = {}
-        for lag in lags:
+        for lag in learned:
             for _, r in _significant(_rows(tests, "recall_accuracy", lag), alpha, False).iterrows():
                 lost_at.setdefault(str(r["placement"]), []).append(lag)
         placements = [str(p) for p in stats.registry_order(_rows(tests, "recall_accuracy")["placement"].unique())]
         kept = [p for p in placements if p not in lost_at]
-        if not memory_claims_ok:
-            sentences.append("Recall differences are not interpreted as memory lost, because memory was not "
-                             "learned at every planted lag without dropout.")
-        elif placements:
-            parts = []
+        parts = []
+        if placements and learned:
+            listed = ", ".join(map(str, learned))
+            where = f"at any planted lag ({listed})" if not unlearned else f"at lag {listed}"
             if kept:
-                parts.append(f"recall of planted copies is not significantly below {reference}'s at any planted "
-                             f"lag ({', '.join(map(str, lags))}) with {', '.join(kept)}")
+                parts.append(f"recall of planted copies is not significantly below {reference}'s {where} with "
+                             f"{', '.join(kept)}")
             if lost_at:
                 parts.append("it is significantly below at " + "; ".join(
                     f"lag {', '.join(map(str, v))} with {p}" for p, v in lost_at.items()))
+        if unlearned:
+            parts.append(f"at lag {', '.join(map(str, unlearned))} the model without dropout did not learn its "
+                         f"copies, so no placement is said to lose memory there")
+        if parts:
             text = "; ".join(parts)
             sentences.append(text[:1].upper() + text[1:] + ".")
     if short_lag is not None:

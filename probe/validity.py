@@ -30,7 +30,7 @@ Thresholds are module constants, stated in the report beside each check.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,7 @@ class Check:
     detail: str  # the numbers behind the verdict
     failure: str  # what the report cannot claim when this fails, one plain sentence
     short: str = ""  # the failure as a clause for the headline ("without dropout the model does not overfit")
+    values: dict = field(default_factory=dict)  # numbers other code reads (memory_learned: learned_lags)
 
     @property
     def verdict(self) -> str:
@@ -145,18 +146,20 @@ def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Che
     if recall.empty:
         return Check("memory_learned", title, None, f"no recall measurements of {reference!r}",
                      "Memory could not be checked.")
-    parts, failed = [], []
+    parts, failed, learned = [], [], []
     for lag, g in recall.groupby("x"):
         ci = stats.mean_ci(g["value"])
         base = float(chance.get(lag, math.nan))
         ok = ci.mean >= base + RECALL_MARGIN and (ci.n < 2 or ci.low > base)
         parts.append(f"lag {lag:g}: {fmt(ci.mean, 2)} [{fmt(ci.low, 2)}, {fmt(ci.high, 2)}] vs chance {fmt(base, 2)}")
-        if not ok:
-            failed.append(f"{lag:g}")
-    failure = (f"Without dropout the model does not recall planted copies at lag {', '.join(failed)} clearly above "
+        (learned if ok else failed).append(int(lag))
+    at = ", ".join(map(str, failed))
+    failure = (f"Without dropout the model does not recall planted copies at lag {at} clearly above "
                f"chance, so memory at those lags is not learned and no placement can be said to lose it there.")
     detail = f"{reference} recall (needs ≥ chance + {RECALL_MARGIN:g}, interval above chance): " + "; ".join(parts)
-    return Check("memory_learned", title, not failed, detail, failure)
+    short = f"without dropout, planted copies at lag {at} are not recalled clearly above chance"
+    return Check("memory_learned", title, not failed, detail, failure, short,
+                 {"learned_lags": learned, "failed_lags": failed})
 
 
 def _best_placement(tidy: pd.DataFrame) -> tuple[str, stats.MeanCI] | None:
@@ -226,4 +229,4 @@ def validity_checks(tidy: pd.DataFrame, *, optimum_ppl: float | None = None, alp
         checks.append(check_fitted(tidy, optimum_ppl))
     else:
         checks.append(check_converged(tidy))
-    return [replace(c, short=SHORT[c.key]) for c in checks]
+    return [c if c.short else replace(c, short=SHORT[c.key]) for c in checks]

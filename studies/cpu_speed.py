@@ -1,6 +1,7 @@
 """Side-by-side CPU timing of the masked LSTM layer against ``torch.nn.LSTM``.
 
     python -m studies.cpu_speed [--rounds 30] [--shapes 35x20x650 20x20x200]
+    python -m studies.cpu_speed --masked-lstm [--shapes 35x20x650]   # MaskedLSTM module vs nn.LSTM
 
 Both run in one process on the same inputs, interleaved round by round so
 that drift in machine load hits both alike; the reported figure is the
@@ -66,6 +67,37 @@ def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, fl
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def measure_modules(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
+    """Median milliseconds for forward+backward of whole one-layer modules with the same weights:
+    torch.nn.LSTM, MaskedLSTM without masks, MaskedLSTM with variational masks (training mode)."""
+    from probe.masked_lstm import MaskedLSTM
+
+    g = torch.Generator().manual_seed(0)
+    lstm = torch.nn.LSTM(H, H)
+    plain = MaskedLSTM(H, H, placement="none")
+    masked = MaskedLSTM(H, H, placement="variational", p=p, rec=p).train()
+    for m in (plain, masked):
+        m.load_state_dict(lstm.state_dict())
+    x = torch.randn(T, B, H, generator=g, requires_grad=True)
+    grad_out = torch.randn(T, B, H, generator=g)
+    masks = torch.Generator().manual_seed(1)
+    runs = {
+        "torch.nn.LSTM": lambda: lstm(x)[0].backward(grad_out),
+        "MaskedLSTM, no masks": lambda: plain(x)[0].backward(grad_out),
+        f"MaskedLSTM, variational p={p:g}": lambda: masked(x, generator=masks)[0].backward(grad_out),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(3):
+        for f in runs.values():
+            f()
+    for _ in range(rounds):
+        for name, f in runs.items():
+            start = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per implementation (default 30)")
@@ -73,8 +105,19 @@ def main(argv=None) -> None:
         "--shapes", type=_shape, nargs="+", default=[(35, 20, 650), (20, 20, 200)],
         help="shapes as TxBxH (default: 35x20x650 20x20x200, Zaremba medium and small)",
     )
+    parser.add_argument("--masked-lstm", action="store_true",
+                        help="time the MaskedLSTM module (no masks; variational masks) against torch.nn.LSTM")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
+    if args.masked_lstm:
+        print("| T x B x H | implementation | fwd+bwd ms | ratio to torch.nn.LSTM |")
+        print("|---|---|---|---|")
+        for T, B, H in args.shapes:
+            m = measure_modules(T, B, H, args.rounds)
+            ref = m["torch.nn.LSTM"]
+            for name, ms in m.items():
+                print(f"| {T} x {B} x {H} | {name} | {ms:.2f} | {ms / ref:.2f}x |")
+        return
     print("| T x B x H | torch.nn.LSTM ms | layer ms | layer ratio | recurrence ms | recurrence ratio |")
     print("|---|---|---|---|---|---|")
     for T, B, H in args.shapes:

@@ -1,15 +1,17 @@
 """The placement study: where can dropout go in an LSTM without destroying its memory?
 
-    python -m studies.memory_decay                      # the default preset, a few minutes on a CPU
-    python -m studies.memory_decay --preset smoke       # seconds-long, for tests
+    python -m studies.memory_decay                      # the default preset, about 14 min on 2 CPU cores
+    python -m studies.memory_decay --preset smoke       # under a minute, for tests
+    python -m studies.memory_decay --preset dose        # drop rate as an axis
     python -m studies.memory_decay --preset paper --device cuda
 
 Trains a grid of placements x seeds on each corpus of the preset, measures
 every model's memory (``probe.measure``), tests each placement against a
 reference placement across seeds (``probe.stats``) and writes one
-self-contained report per corpus: ``<out>/memory_decay.html`` for the first
-corpus, ``<out>/memory_decay_<corpus>.html`` for the others, with the data as
-CSV and JSON beside them. Runs are cached under ``--runs-dir`` by a hash of
+self-contained report per corpus: ``<out>/memory_decay.html`` for the default
+preset (``memory_decay_<preset>.html`` for the others; a second corpus adds
+``_<corpus>``), with the data as CSV and JSON beside them. The report opens
+with its answer and its validity checks (``probe.validity``). Runs are cached under ``--runs-dir`` by a hash of
 their configuration, so an interrupted study resumes where it stopped.
 """
 
@@ -311,6 +313,13 @@ def _present(df: pd.DataFrame, metrics: list[stats.Metric]) -> list[stats.Metric
     return out
 
 
+def report_name(preset: str, corpus: str, *, first: bool) -> str:
+    """memory_decay.html for the default preset's first corpus; other presets and corpora get their own
+    names (memory_decay_dose.html, memory_decay_<corpus>.html), so one never overwrites another's report."""
+    stem = "memory_decay" if preset == "default" else f"memory_decay_{preset}"
+    return f"{stem}.html" if first else f"{stem}_{_slug(corpus)}.html"
+
+
 def resolve_reference(reference: str, placements: list[str]) -> str:
     """The placement spec the others are tested against: an exact spec, or a name that one spec has."""
     spec = parse_placement(reference).spec
@@ -349,7 +358,7 @@ def run_study(args) -> list[Path]:
         for r in results:
             if r.status == "failed":
                 print(f"run {r.cell.run.run_id()} failed:\n{r.error}", file=sys.stderr)
-        name = "memory_decay.html" if not paths else f"memory_decay_{_slug(plan.corpus)}.html"
+        name = report_name(study.name, plan.corpus, first=not paths)
         paths.append(report_one(plan, study, results, Path(args.out) / name, args, corpus, reference))
         print(f"report: {paths[-1]}", file=sys.stderr)
     if not paths:

@@ -54,12 +54,14 @@ def test_headline_says_what_regularises_and_what_loses_memory_at_which_lags():
 
 def test_a_failed_check_is_stated_first_and_blocks_the_memory_claims():
     failed = [Check("overfits", "t", True, "", "f1"),
-              Check("memory_learned", "t", False, "", "Memory is not learned at lag 20.", "short clause")]
+              Check("memory_learned", "t", False, "", "Memory is not learned at lag 20.", "short clause",
+                    {"learned_lags": [3, 8], "failed_lags": [20]})]
     sentences = headline(comparisons(tidy()), failed, reference="none", lags=LAGS)
     assert sentences[0].startswith("This study cannot fully answer its question: short clause")
     text = " ".join(sentences)
-    assert "not interpreted as memory lost" in text
-    assert "lag 8, 20 with naive" not in text
+    # Claims only where memory was learned without dropout; the unlearned lag is named, with no claim.
+    assert "lag 8 with naive:p=0.3,rec=0.3" in text and "lag 8, 20 with naive" not in text
+    assert "at lag 20 the model without dropout did not learn its copies" in text
 
 
 def test_headline_admits_when_n_is_too_small():

@@ -44,7 +44,7 @@ def comparable(data: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_smoke_report_names_every_placement_and_has_every_figure(smoke):
-    html = unescape((smoke / "memory_decay.html").read_text())
+    html = unescape((smoke / "memory_decay_smoke.html").read_text())
     assert {parse_placement(s).name for s in SMOKE_SPECS} == set(PLACEMENT_NAMES)
     for spec in SMOKE_SPECS:
         assert spec in html, spec
@@ -56,11 +56,11 @@ def test_smoke_report_names_every_placement_and_has_every_figure(smoke):
 
 
 def test_data_beside_the_report_parses_and_matches_its_numbers(smoke):
-    data = pd.read_csv(smoke / "memory_decay_data.csv")
-    tests = pd.read_csv(smoke / "memory_decay_tests.csv")
+    data = pd.read_csv(smoke / "memory_decay_smoke_data.csv")
+    tests = pd.read_csv(smoke / "memory_decay_smoke_tests.csv")
     assert set(data["seed"]) == {0, 1}
     assert set(SMOKE_SPECS) == set(data["placement"])
-    html = unescape((smoke / "memory_decay.html").read_text())
+    html = unescape((smoke / "memory_decay_smoke.html").read_text())
     # Every placement's mean test perplexity, as the CSV gives it, is printed in the report.
     ppl = data[data["measure"] == "test_ppl"].groupby("placement")["value"].mean()
     for placement, value in ppl.items():
@@ -71,12 +71,12 @@ def test_data_beside_the_report_parses_and_matches_its_numbers(smoke):
 
 
 def test_report_warns_that_two_seeds_cannot_reach_significance(smoke):
-    html = unescape((smoke / "memory_decay.html").read_text())
+    html = unescape((smoke / "memory_decay_smoke.html").read_text())
     assert "no test can reach significance" in html
 
 
 def test_report_answers_first_with_headline_checks_and_answer_table(smoke):
-    html = unescape((smoke / "memory_decay.html").read_text())
+    html = unescape((smoke / "memory_decay_smoke.html").read_text())
     main = html[html.index("<main"):]
     # The first section is the answer; the full list of comparisons comes after it, collapsed.
     assert main.index('id="answer"') < main.index('id="comparisons"') < main.index('id="placements"')
@@ -85,7 +85,7 @@ def test_report_answers_first_with_headline_checks_and_answer_table(smoke):
     assert 1 <= len(headline) <= 6
     assert any("cannot reach significance at this number of seeds" in s for s in headline)  # 2 vs 2 seeds
     assert "Can this study answer the question?" in answer
-    report = json.loads((smoke / "memory_decay.json").read_text())
+    report = json.loads((smoke / "memory_decay_smoke.json").read_text())
     keys = [c["key"] for c in report["checks"]]
     assert keys == ["overfits", "dropout_helps", "lag_span", "memory_learned", "fitted"]
     for check in report["checks"]:
@@ -98,13 +98,13 @@ def test_report_answers_first_with_headline_checks_and_answer_table(smoke):
 
 
 def test_report_stays_small_with_its_data_beside_it(smoke):
-    assert (smoke / "memory_decay.html").stat().st_size < 2_000_000
-    assert (smoke / "memory_decay_data.csv").stat().st_size > 0
+    assert (smoke / "memory_decay_smoke.html").stat().st_size < 2_000_000
+    assert (smoke / "memory_decay_smoke_data.csv").stat().st_size > 0
 
 
 @pytest.mark.skipif(chromium_binary() is None, reason="headless Chromium not installed (.ci/run installs it)")
 def test_report_renders_in_headless_chromium_without_errors(smoke):
-    errors, png = render_in_chromium(smoke / "memory_decay.html")
+    errors, png = render_in_chromium(smoke / "memory_decay_smoke.html")
     assert errors == []
     assert not is_blank(png)
 
@@ -130,16 +130,16 @@ def test_killed_study_resumes_without_recomputing_and_matches_an_uninterrupted_o
     proc.wait()
     finished = {p: p.stat().st_mtime_ns for p in runs.rglob("measure-*.csv")}
     assert 3 <= len(finished) < 18, "the study must be killed part-way through its 18 runs"
-    assert not (out / "memory_decay.html").exists()
+    assert not (out / "memory_decay_smoke.html").exists()
 
     resumed = run_study(out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
     pd.testing.assert_frame_equal(
-        comparable(pd.read_csv(out / "memory_decay_data.csv")), comparable(pd.read_csv(smoke / "memory_decay_data.csv"))
+        comparable(pd.read_csv(out / "memory_decay_smoke_data.csv")), comparable(pd.read_csv(smoke / "memory_decay_smoke_data.csv"))
     )
-    pd.testing.assert_frame_equal(pd.read_csv(out / "memory_decay_tests.csv"), pd.read_csv(smoke / "memory_decay_tests.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "memory_decay_smoke_tests.csv"), pd.read_csv(smoke / "memory_decay_smoke_tests.csv"))
 
 
 def test_bad_arguments_exit_with_a_clear_error(tmp_path):
@@ -158,3 +158,19 @@ def test_reference_is_found_by_name_or_exact_spec():
         resolve_reference("zaremba:p=0.5", specs)
     with pytest.raises(ValueError, match="not among the placements"):
         resolve_reference("variational", specs)
+
+
+def test_a_real_text_corpus_gets_the_checks_that_apply_to_it(tmp_path):
+    # A user's own text: no planted copies and no known optimum, so the report checks overfitting,
+    # whether dropout helps and whether the best placement converged.
+    words = [f"w{i % 37}" for i in range(9000)]
+    text = "\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)) + "\n"
+    corpus = tmp_path / "book.txt"
+    corpus.write_text(text)
+    out = tmp_path / "out"
+    proc = run_study(out, "--corpus", str(corpus), "--placements", "none", "zaremba:p=0.25", "--seeds", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "memory_decay_smoke.json").read_text())
+    assert [c["key"] for c in report["checks"]] == ["overfits", "dropout_helps", "converged"]
+    html = unescape((out / "memory_decay_smoke.html").read_text())
+    assert "book.txt" in html and "sha256" in html
