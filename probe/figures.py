@@ -607,7 +607,7 @@ def dose_figure(tidy: pd.DataFrame, panels: list[tuple[str, float | None, str, s
                 _draw(ax, est, Style(style.colour, style.marker, "-"), name)
             ax.set_title(textwrap.fill(panel_title, 34), fontsize=9.5)
             ax.set_xlabel("drop rate")
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.set_xticks(sorted({d for d in doses.values() if d is not None}))  # the rates that were run
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         handles, labels = axes.flat[0].get_legend_handles_labels()
