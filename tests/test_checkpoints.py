@@ -399,6 +399,24 @@ def test_toolkit_run_folder_reproduces_reported_perplexity(run):
         assert loaded.reported["test_ppl"] == pytest.approx(result.test_ppl)
 
 
+def test_toolkit_run_loads_the_selected_epoch(run, tmp_path):
+    """The best epoch's weights where the run selects the best (the default), the last epoch's under select=final."""
+    result, run_dir = run
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    best = {k: v.clone() for k, v in ckpt["best"]["model"].items()}
+    ckpt["model"] = {k: v + 0.01 for k, v in best.items()}  # a last epoch that differs from the best one
+    ckpt["best"]["epoch"] = 1
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")
+    for name, value in best.items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+    ckpt["config"]["select"] = "final"
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")
+    for name, value in ckpt["model"].items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+
+
 def test_toolkit_run_as_examples_is_an_error(run):
     message = _error(run[1], format="examples")
     assert "toolkit" in message
