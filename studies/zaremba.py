@@ -61,7 +61,8 @@ def plan(args) -> list[tuple[str, Cell]]:
         placements = [TRAIN_PRESETS[size]["placement"], *(args.placements or [])]
         for placement in dict.fromkeys(parse_placement(p).spec for p in placements):
             for seed in range(args.seeds):
-                overrides = dict(corpus="ptb", split=args.split, placement=placement, seed=seed, device=args.device)
+                overrides = dict(corpus=args.corpus, split=args.split, placement=placement, seed=seed,
+                                 device=args.device)
                 if args.epochs is not None:
                     overrides.update(epochs=args.epochs, decay_after=min(TRAIN_PRESETS[size]["decay_after"], args.epochs))
                 if args.train_tokens is not None:
@@ -88,8 +89,13 @@ def tidy_rows(size: str, result: CellResult) -> list[dict]:
     return rows
 
 
-def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitute: bool) -> list[str]:
+def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitute: bool,
+            corpus: str = "ptb") -> list[str]:
     sentences = []
+    if corpus != "ptb":
+        sentences.append(
+            f"OTHER CORPUS: trained and evaluated on {corpus}, not Penn Treebank; the paper's perplexities are shown "
+            "for reference only and are NOT comparable with these.")
     if substitute:
         sentences.append(
             "SUBSTITUTE SPLIT: trained on PTB's validation text and evaluated on halves of its test text, with the "
@@ -113,9 +119,9 @@ def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitut
 
 def run_study(args) -> Path:
     try:
-        corpus = load_corpus("ptb", args.data_dir, split=args.split, download=args.download)
+        corpus = load_corpus(args.corpus, args.data_dir, split=args.split, download=args.download)
     except CorpusError as e:
-        if args.split == "canonical":
+        if args.split == "canonical" and args.corpus == "ptb":
             raise CorpusError(
                 f"{e}\nThe paper's numbers need PTB's training file. To run on the files at hand anyway, pass "
                 "--split substitute (PTB valid as training text); the report will say it is not comparable."
@@ -131,6 +137,8 @@ def run_study(args) -> Path:
     tidy = pd.DataFrame([row for size, r in paired for row in tidy_rows(size, r)])
     substitute = args.split == "substitute"
     title = "Zaremba et al. (2014) on Penn Treebank" + (" — SUBSTITUTE SPLIT, not comparable" if substitute else "")
+    if args.corpus != "ptb":
+        title = f"Zaremba et al.'s (2014) configurations on {args.corpus} — not comparable with the paper's PTB numbers"
     config = {
         "sizes": ", ".join(args.sizes), "seeds": args.seeds, "corpus": corpus.label, "split": corpus.split_note,
         "epochs override": args.epochs if args.epochs is not None else "none (the paper's)",
@@ -149,7 +157,7 @@ def run_study(args) -> Path:
     env = collect_environment(jobs=str(args.jobs))
     return render_report(
         Path(args.out) / "zaremba.html", title=title, question=QUESTION, config=config, placements=placements,
-        tidy=tidy, tests=pd.DataFrame(columns=stats.TEST_COLUMNS), summary=summary(tidy, paired, substitute),
+        tidy=tidy, tests=pd.DataFrame(columns=stats.TEST_COLUMNS), summary=summary(tidy, paired, substitute, args.corpus),
         environment=env, figures=[f for f in standard_figures(tidy) if f.key in ("perplexity", "training")],
         methods=methods,
     )
@@ -162,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placements", nargs="+", metavar="SPEC",
                    help="other placements to train at each size, beside the paper's")
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+    p.add_argument("--corpus", default="ptb",
+                   help="ptb (the paper's, default), or another corpus: a registry name or your own text "
+                        "(PATH.txt, a folder with train/valid/test.txt, text,level=char:PATH); the report then "
+                        "says its numbers are not comparable with the paper's")
     p.add_argument("--split", choices=["canonical", "substitute"], default="canonical",
                    help="'substitute' trains on PTB valid when ptb.train.txt is absent (not comparable)")
     p.add_argument("--epochs", type=int, help="cut every configuration to this many epochs (a budget, not the paper)")

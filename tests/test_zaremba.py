@@ -55,3 +55,17 @@ def test_missing_training_file_stops_with_a_clear_error(shared_data, tmp_path, c
     assert code == 2
     err = capsys.readouterr().err
     assert "ptb.train.txt" in err and "--split substitute" in err and "https://" in err
+
+
+def test_another_corpus_runs_and_the_report_says_it_is_not_comparable(tmp_path):
+    words = [f"w{i % 29}" for i in range(12000)]
+    book = tmp_path / "book.txt"
+    book.write_text("\n".join(" ".join(words[i:i + 10]) for i in range(0, len(words), 10)) + "\n")
+    out = tmp_path / "out"
+    code = zaremba.main(["--sizes", "small", "--seeds", "1", "--corpus", str(book), "--epochs", "1",
+                         "--out", str(out), "--no-progress"])
+    assert code == 0
+    html = unescape((out / "zaremba.html").read_text())
+    title = html[html.index("<h1"):html.index("</h1>")]
+    assert "not comparable" in title and "book.txt" in title
+    assert "OTHER CORPUS" in html and "sha256" in html
