@@ -69,7 +69,8 @@ import torch
 from torch import nn
 
 from probe.corpus import EOS, SPLITS, Corpus, CorpusError, Vocab
-from probe.datasets import DATASETS, corpus_fingerprint, file_sha256, load_corpus, resolve_data_dir
+from probe.datasets import DATASETS, corpus_fingerprint, load_corpus, resolve_data_dir
+from probe.files import file_sha256
 from probe.model import LanguageModel, ModelConfig
 from probe.placements import parse_placement
 

@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Literal, Mapping
 
 from probe import textcorpus
+from probe.files import file_sha256
 from probe.corpus import EOS, SPLITS, Corpus, CorpusError, Vocab
 from probe.synthetic import load_synthetic
 
@@ -225,20 +226,6 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
 
 # Hashing the 10 MB training files on every load would dominate test time, so a
 # file's digest is computed once per process and reused while it is unchanged.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, mtime, size)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
 
 
 def download(url: str, dest: Path, sha256: str | None, *, timeout: float = 30) -> Path:

@@ -1,12 +1,14 @@
-"""Atomic file writes: a temporary file beside the target, then a rename.
+"""Atomic file writes (a temporary file beside the target, then a rename) and file digests.
 
 Everything a run or a study writes goes through here, so a file on disk is
 always whole: an interrupted write leaves the previous version (or nothing),
-never half a file.
+never half a file. ``file_sha256`` is the one digest of a file's content
+(corpus checksums, user corpora, checkpoints).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -33,3 +35,20 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
 def write_json_atomic(path: str | Path, obj) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's content, cached while its (path, inode, size, mtime, ctime) stay the same."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]

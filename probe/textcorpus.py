@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probe.corpus import EOS, SPLITS, UNK, Corpus, CorpusError, Vocab
+from probe.files import file_sha256
 
 LEVELS = ("word", "char")
 DEFAULT_FRACTION = 0.05  # of valid and of test, for a single file
@@ -186,20 +187,6 @@ def _files(spec: TextSpec) -> dict[str, Path]:
     raise CorpusError(f"text corpus file not found: {path}")
 
 
-_DIGESTS: dict[tuple, str] = {}
-
-
-def _sha256_of(path: Path) -> str:
-    """sha256 of a file, cached while its (path, inode, size, mtime, ctime) stay the same."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
 
 
 def fingerprint(name: str) -> str:
@@ -207,8 +194,8 @@ def fingerprint(name: str) -> str:
     for a folder. ``RunConfig.run_id`` hashes it in."""
     files = _files(parse_text_spec(name))
     if len(set(files.values())) == 1:
-        return _sha256_of(files["train"])
-    return ",".join(f"{f.name}={_sha256_of(f)}" for f in files.values())
+        return file_sha256(files["train"])
+    return ",".join(f"{f.name}={file_sha256(f)}" for f in files.values())
 
 
 def read_text_file(path: Path) -> tuple[str, str]:

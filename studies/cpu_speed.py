@@ -32,6 +32,20 @@ def _shape(text: str) -> tuple[int, int, int]:
     return T, B, H
 
 
+def interleaved_medians(runs: dict, rounds: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of each callable, timed round by round in turn so drift hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(warmup):
+        for f in runs.values():
+            f()
+    for _ in range(rounds):
+        for name, f in runs.items():
+            start = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
     """Median milliseconds for one forward+backward of each implementation."""
     g = torch.Generator().manual_seed(0)
@@ -55,16 +69,7 @@ def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, fl
         lstm_layer(gx_leaf, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)
 
     runs = {"torch.nn.LSTM": nn_lstm, "layer": layer, "recurrence": recurrence}
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(3):
-        for f in runs.values():
-            f()
-    for _ in range(rounds):
-        for name, f in runs.items():
-            start = time.perf_counter()
-            f()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_medians(runs, rounds)
 
 
 def measure_modules(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
@@ -86,16 +91,7 @@ def measure_modules(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict
         "MaskedLSTM, no masks": lambda: plain(x)[0].backward(grad_out),
         f"MaskedLSTM, variational p={p:g}": lambda: masked(x, generator=masks)[0].backward(grad_out),
     }
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(3):
-        for f in runs.values():
-            f()
-    for _ in range(rounds):
-        for name, f in runs.items():
-            start = time.perf_counter()
-            f()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_medians(runs, rounds)
 
 
 def main(argv=None) -> None:
