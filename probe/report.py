@@ -85,12 +85,16 @@ def render(template: str, **context) -> str:
 # --- what the template shows -------------------------------------------------
 
 
-def placement_rows(placements: Iterable[str | Placement], colours: dict[str, str]) -> list[dict]:
-    """The placements table: name, colour, sites with rates and scopes, description, citation."""
+def placement_rows(placements: Iterable[str | Placement], colours: dict[str, str],
+                   specs: dict[str, str] | None = None) -> list[dict]:
+    """The placements table: name, colour, sites with rates and scopes, description, citation.
+
+    ``specs`` maps a label that is not a spec (a checkpoint's name) to the placement it was trained with."""
     rows = []
+    specs = specs or {}
     for spec in placements:
         try:
-            p = parse_placement(spec)
+            p = parse_placement(specs.get(str(spec), spec))
         except PlacementError:
             rows.append({"label": str(spec), "name": str(spec), "colour": colours.get(str(spec), "#777777"),
                          "sites": [], "description": "not in the placement registry", "citation": ""})
@@ -236,6 +240,7 @@ def render_report(
     checks: Sequence = (),
     answer: dict | None = None,
     lead_figures: Sequence[Figure] = (),
+    placement_specs: dict[str, str] | None = None,
 ) -> Path:
     """Write the study report ``path`` (.html) and its CSV and JSON files beside it; returns the HTML path.
 
@@ -244,6 +249,8 @@ def render_report(
     ``headline``, ``checks`` (``probe.validity.Check``), ``answer``
     (``probe.answer.answer_table``) and ``lead_figures`` make the first
     screen; ``summary`` is the full list of comparisons in words.
+    ``placement_specs`` maps labels that are not placement specs (checkpoints
+    measured by ``probe.measure``) to the placement each was trained with.
     """
     path = Path(path)
     stem = path.with_suffix("")
@@ -258,7 +265,7 @@ def render_report(
     context = {
         "title": title, "question": question, "summary": list(summary), "environment": environment,
         "config": flatten(config), "methods": [*methods, STATISTICAL_METHODS.format(level=f"{confidence:.0%}")],
-        "placements": placement_rows(placements, colours), "colours": colours,
+        "placements": placement_rows(placements, colours, placement_specs), "colours": colours,
         "perplexity": perplexity, "scalars": other, "tests": significance_groups(tests), "figures": list(figures),
         "seeds": seeds_by_placement(tidy), "level": f"{confidence:.0%}", "alpha": alpha,
         "headline": list(headline), "checks": list(checks), "answer": answer, "lead_figures": list(lead_figures),

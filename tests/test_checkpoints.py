@@ -452,6 +452,10 @@ def test_cli_two_labelled_checkpoints(tmp_path, folder, lstm, run):
     assert done.returncode == 0, done.stderr
     html = (out / "measure.html").read_text()
     assert "no tests across seeds" in html and "examples-lstm" in html and "toolkit-run" in html
+    # The placements table names each label's placement, not "unknown".
+    placements = html[html.index('<section id="placements">'):]
+    placements = placements[:placements.index("</section>")]
+    assert "not in the placement registry" not in placements and "dropout on each layer" in placements.lower()
     df = pd.read_csv(out / "measure_data.csv")
     assert set(df["placement"]) == {"examples-lstm", "toolkit-run"}
     test_ppl = df[(df["measure"] == "test_ppl") & (df["placement"] == "toolkit-run")]["value"].iloc[0]

@@ -267,6 +267,7 @@ def write_report(out: Path, labels, loaded: list[Loaded], frames, ppls, config: 
         summary=["No comparisons were tested: " + NO_TESTS[0].lower() + NO_TESTS[1:]],
         environment=env, figures=standard_figures(df, optimum), methods=methods,
         headline=headline(labels, ppls, df, config, [m.corpus.label for m in loaded]),
+        placement_specs={label: m.model.placement.spec for label, m in zip(labels, loaded)},
     )
 
 
