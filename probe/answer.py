@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from probe import stats
-from probe.report_text import fmt, fmt_p
+from probe.report_text import fmt, fmt_p, is_better, unreachable
 from probe.validity import Check
 
 
@@ -47,7 +47,9 @@ def _names(rows: pd.DataFrame) -> str:
 
 
 def _significant(rows: pd.DataFrame, alpha: float, better: bool) -> pd.DataFrame:
-    good = (rows["diff"] > 0) == rows["higher_is_better"].astype(bool)
+    if rows.empty:
+        return rows
+    good = rows.apply(is_better, axis=1).astype(bool)
     return rows[(rows["p_holm"] < alpha) & (good if better else ~good)]
 
 
@@ -57,7 +59,9 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
     failed = [c for c in checks if c.passed is False]
     unknown = [c for c in checks if c.passed is None]
     sentences = []
-    if not failed and not unknown:
+    if not checks:
+        pass  # rendered without validity checks: no verdict to state
+    elif not failed and not unknown:
         sentences.append("This study can answer its question: every validity check below passes.")
     elif failed:
         clauses = [c.short or c.title.lower() for c in failed]
@@ -116,7 +120,7 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
                 f"influence than {reference} (lowest: {worst['placement']}, {fmt(100 * worst['mean'], 3)}% vs "
                 f"{fmt(100 * worst['mean_ref'], 3)}%).")
     undecided = tests[~(tests["p_holm"] < alpha)]
-    blocked = tests[tests["warning"].astype(str).str.contains("no test can reach|out of reach|too small")]
+    blocked = tests[unreachable(tests, alpha)] if len(tests) else tests
     if len(blocked):
         sentences.append(f"{len(blocked)} of {len(tests)} comparisons cannot reach significance at this number of "
                          f"seeds; they are estimates, not findings.")
@@ -161,7 +165,7 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
                 r = t.iloc[0]
                 p = r["p_holm"]
                 if r["p_holm"] < alpha:
-                    mark = "▲" if (r["diff"] > 0) == bool(r["higher_is_better"]) else "▼"
+                    mark = "▲" if is_better(r) else "▼"
             cells.append({"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "mark": mark, "p": p})
         rows.append({"placement": placement, "reference": placement == reference, "cells": cells})
     return {"headers": [c.header for c in present], "rows": rows}

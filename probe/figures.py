@@ -610,6 +610,11 @@ def dose_figure(tidy: pd.DataFrame, panels: list[tuple[str, float | None, str, s
             ax.set_xticks(sorted({d for d in doses.values() if d is not None}))  # the rates that were run
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9)
+        legend: dict[str, object] = {}
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(lab, h)
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=min(len(legend), 4),
+                       fontsize=9)
     return Figure(key, title, caption, to_svg(fig, key, f"{title}. {caption}"))

@@ -50,6 +50,24 @@ def fmt_p(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:#.2g}".rstrip(".")
 
 
+def is_better(row) -> bool:
+    """Whether a tests-table row's placement beats the reference: the sign of the mean difference, or,
+    where it is undefined (infinite values, tested on ranks), which side of one half P(better) lies."""
+    diff = float(row["diff"])
+    if np.isfinite(diff):
+        return (diff > 0) == bool(row["higher_is_better"])
+    return float(row["prob_improvement"]) > 0.5
+
+
+def unreachable(tests: pd.DataFrame, alpha: float = 0.05) -> pd.Series:
+    """Per row: True where no permutation test could reach ``alpha`` at these seed counts after Holm's
+    correction over its metric's comparisons (smallest attainable p times the family size)."""
+    if tests.empty:
+        return pd.Series([], dtype=bool)
+    k = tests.groupby("metric")["p_perm"].transform(lambda p: max(1, int(p.notna().sum())))
+    return (tests["min_p"].astype(float) * k > alpha) | tests["min_p"].isna()
+
+
 def _phrases(measure: str, better: bool) -> str:
     if measure_names.known(measure) and measure_names.lookup(measure).is_fit:
         return "has lower perplexity than" if better else "has higher perplexity than"
@@ -71,7 +89,7 @@ def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0
     for _, group in tests.groupby("label", sort=False):
         sig = group[group["p_holm"] < alpha]
         for _, r in sig.sort_values("hedges_g").iterrows():
-            better = (r["diff"] > 0) == bool(r["higher_is_better"])
+            better = is_better(r)
             unit = f" {r['unit']}" if r["unit"] else ""
             sentences.append(
                 f"{r['placement']} {_phrases(r['measure'], better)} {r['reference']}: {r['label']} is "
@@ -84,7 +102,7 @@ def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0
             names = ", ".join(f"{r['placement']} (p = {fmt_p(r['p_holm'])})" for _, r in rest.iterrows())
             sentences.append(f"Not significantly different from {group['reference'].iloc[0]} on {group['label'].iloc[0]} "
                              f"after Holm correction: {names}.")
-    impossible = tests[tests["warning"] != ""]
+    impossible = tests[unreachable(tests, alpha)]
     for metric, group in tests.groupby("label", sort=False):
         if (group["p_holm"] < alpha).any():
             continue

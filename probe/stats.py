@@ -287,10 +287,10 @@ def prob_improvement(a, b, *, higher_is_better: bool) -> float:
     a, b = _present(a), _present(b)
     if len(a) == 0 or len(b) == 0:
         return math.nan
-    d = a[:, None] - b[None, :]
-    if not higher_is_better:
-        d = -d
-    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
+    # Comparisons, not differences: two infinite values (censored half-lives) tie instead of giving NaN.
+    wins = a[:, None] > b[None, :] if higher_is_better else a[:, None] < b[None, :]
+    ties = a[:, None] == b[None, :]
+    return float((wins.sum() + 0.5 * ties.sum()) / wins.size)
 
 
 def seeds_needed(comparisons: int = 1, alpha: float = 0.05) -> int:

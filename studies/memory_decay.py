@@ -193,8 +193,12 @@ PRESETS: dict[str, StudyPreset] = {
 # --- the study --------------------------------------------------------------
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text.split(":")[0]).strip("-").lower()
+def _slug(corpus: str) -> str:
+    """A file-name-safe short name of a corpus: ``synthetic``, ``tinyshakespeare``, a text file's stem."""
+    head = corpus.split(":")[0]
+    if head == "text" or head.startswith("text,") or "/" in corpus or "\\" in corpus or corpus.endswith(".txt"):
+        head = Path(corpus.split(":", 1)[-1] if head.startswith("text") else corpus).stem or "text"
+    return re.sub(r"[^A-Za-z0-9]+", "-", head).strip("-").lower()
 
 
 def plan_cells(plan: CorpusPlan, placements, seeds, device: str) -> list[Cell]:
@@ -358,7 +362,7 @@ def run_study(args) -> list[Path]:
         for r in results:
             if r.status == "failed":
                 print(f"run {r.cell.run.run_id()} failed:\n{r.error}", file=sys.stderr)
-        name = report_name(study.name, plan.corpus, first=not paths)
+        name = report_name(study.name, plan.corpus, first=not paths and not args.corpus)
         paths.append(report_one(plan, study, results, Path(args.out) / name, args, corpus, reference))
         print(f"report: {paths[-1]}", file=sys.stderr)
     if not paths:

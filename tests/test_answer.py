@@ -82,3 +82,38 @@ def test_answer_table_marks_significant_differences_against_the_reference():
     naive = [c["mark"] for c in rows["naive:p=0.3,rec=0.3"]["cells"]]
     assert naive[0] == "▼" and naive[2:] == ["▼", "▼"]
     assert abs(rows["zaremba:p=0.3"]["cells"][0]["mean"] - 3.7) < 1e-9
+
+
+def test_infinite_values_take_their_direction_from_the_rank_test():
+    # Half-lives beyond the measured lags are infinite; the difference of means is then undefined and the
+    # permutation test compares ranks, so the mark follows P(better), not the NaN difference.
+    rows = []
+    for s in SEEDS:
+        rows.append(dict(placement="none", seed=s, measure="influence_kl_eval_half_life", x_name="", x=np.nan,
+                         value=np.inf if s == 0 else 1.0 + 0.1 * s, layer=-1, mode="eval"))
+        rows.append(dict(placement="zaremba:p=0.3", seed=s, measure="influence_kl_eval_half_life", x_name="",
+                         x=np.nan, value=np.inf, layer=-1, mode="eval"))
+    df = pd.DataFrame(rows)
+    metric = stats.Metric("influence_kl_eval_half_life", mode="eval")
+    tests = stats.test_against_reference(df, "none", [metric])
+    assert np.isnan(tests["diff"].iloc[0]) and tests["p_holm"].iloc[0] < 0.05
+    table = answer_table(df, tests, [c for c in answer_columns([], None) if c.metric.measure == metric.measure], "none")
+    zaremba = next(r for r in table["rows"] if r["placement"] == "zaremba:p=0.3")
+    assert zaremba["cells"][0]["mark"] == "▲"
+
+
+def test_holm_out_of_reach_is_called_unreachable_not_indistinguishable():
+    # 5 vs 5 seeds: the smallest exact p is 0.0079, times 7 comparisons after Holm is 0.056 > 0.05.
+    placements = ["none", "zaremba:p=0.3", "naive:p=0.3,rec=0.3", "variational:p=0.3,rec=0.3",
+                  "semeniuta:p=0.3,rec=0.3", "zoneout:p=0.3,zc=0.3,zh=0.025", "weight_drop:p=0.3,w=0.3",
+                  "rnndrop:p=0.3,cell=0.3"]
+    rows = [dict(placement=p, seed=s, measure="test_ppl", x_name="", x=np.nan, value=4.0 - 0.1 * i + 0.01 * s,
+                 layer=-1, mode="") for i, p in enumerate(placements) for s in range(5)]
+    tests = stats.test_against_reference(pd.DataFrame(rows), "none", ["test_ppl"])
+    sentences = headline(tests, PASSING, reference="none", lags=[])
+    assert any("7 of 7 comparisons cannot reach significance" in s for s in sentences)
+
+
+def test_without_checks_the_headline_claims_no_verdict():
+    sentences = headline(comparisons(tidy()), [], reference="none", lags=LAGS)
+    assert not any("can answer its question" in s for s in sentences)

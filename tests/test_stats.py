@@ -322,3 +322,8 @@ def test_a_metric_of_an_unknown_measure_needs_an_explicit_direction():
     with pytest.raises(ValueError, match="higher_is_better"):
         stats.Metric("my_measure").better_is_higher
     assert stats.Metric("my_measure", higher_is_better=False).better_is_higher is False
+
+
+def test_probability_of_improvement_counts_two_infinities_as_a_tie():
+    assert stats.prob_improvement([np.inf, np.inf], [np.inf, 1.0], higher_is_better=True) == pytest.approx(0.75)
+    assert stats.prob_improvement([np.inf], [np.inf], higher_is_better=False) == 0.5

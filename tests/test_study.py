@@ -170,7 +170,8 @@ def test_a_real_text_corpus_gets_the_checks_that_apply_to_it(tmp_path):
     out = tmp_path / "out"
     proc = run_study(out, "--corpus", str(corpus), "--placements", "none", "zaremba:p=0.25", "--seeds", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "memory_decay_smoke.json").read_text())
+    # Named for its corpus, so it never overwrites the synthetic study's report.
+    report = json.loads((out / "memory_decay_smoke_book.json").read_text())
     assert [c["key"] for c in report["checks"]] == ["overfits", "dropout_helps", "converged"]
-    html = unescape((out / "memory_decay_smoke.html").read_text())
+    html = unescape((out / "memory_decay_smoke_book.html").read_text())
     assert "book.txt" in html and "sha256" in html

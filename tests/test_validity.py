@@ -140,3 +140,18 @@ def test_synthetic_corpora_get_memory_and_fit_checks_real_ones_convergence():
     keys = [c.key for c in validity.validity_checks(real)]
     assert keys == ["overfits", "dropout_helps", "converged"]
     assert all(np.isin(c.verdict, ["pass", "fail", "not computable"]) for c in validity.validity_checks(real))
+
+
+def test_a_run_that_diverged_in_its_first_epoch_does_not_break_the_checks():
+    rows = curves("none", OVERFIT_VALID, OVERFIT_TRAIN, seeds=range(5))
+    rows += curves("none", [math.nan] * 6, [math.inf] * 6, seeds=[5])
+    rows += test_ppl("none", 4.0) + test_ppl("zaremba:p=0.3", 3.6)
+    rows += curves("zaremba:p=0.3", [math.nan] * 6, [math.inf] * 6, seeds=[0])
+    checks = validity.validity_checks(table(rows))
+    assert checks[0].passed is True and "5 of 5 seeds" in checks[0].detail
+    assert {c.key for c in checks} == {"overfits", "dropout_helps", "converged"}
+
+
+def test_memory_is_not_computable_without_chance_rows():
+    rows = [r for r in recall("none", {3: 0.9, 20: 0.3}, CHANCE) if r["measure"] != "recall_accuracy_chance"]
+    assert validity.check_memory_learned(table(rows)).passed is None
