@@ -142,7 +142,7 @@ def check_lag_span(tidy: pd.DataFrame) -> Check:
 
 
 def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Check:
-    title = f"Without dropout, planted copies are recalled above chance at every planted lag"
+    title = "Without dropout, planted copies are recalled above chance at every planted lag"
     rows = _placement_rows(tidy, reference)
     recall = stats.per_seed(rows[rows["measure"] == "recall_accuracy"], by=("x",))
     chance = tidy[tidy["measure"] == "recall_accuracy_chance"].groupby("x")["value"].mean()
