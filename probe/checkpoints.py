@@ -71,6 +71,7 @@ from torch import nn
 from probe.corpus import EOS, SPLITS, Corpus, CorpusError, Vocab
 from probe.datasets import DATASETS, corpus_fingerprint, load_corpus, resolve_data_dir
 from probe.files import file_sha256
+from probe.manifest import MANIFEST, Manifest
 from probe.model import LanguageModel, ModelConfig
 from probe.placements import parse_placement
 
@@ -140,6 +141,7 @@ def load_checkpoint(
         if not file.is_file():
             raise CheckpointError(f"{path} is a folder without a checkpoint.pt, so not a probe.train run folder; {SUPPORTED}")
         path = file
+    _check_recorded(path)
     obj = read_checkpoint(path)
     found = _kind(obj)
     if format == "auto":
@@ -154,6 +156,18 @@ def load_checkpoint(
     if format == "toolkit":
         return _load_toolkit(obj, path, corpus, data_dir)
     return _load_examples(obj, path, corpus, data_dir, dropout)
+
+
+def _check_recorded(path: Path) -> None:
+    """A checkpoint in a run folder with a manifest must be the one recorded there (probe.manifest)."""
+    files = Manifest(path.parent)
+    entries = files.entries()
+    if entries is None:
+        raise CheckpointError(f"{path.parent / MANIFEST} is damaged, so {path} cannot be verified; rerun the study "
+                              "(or probe.train) on this run to recompute it")
+    if path.name in entries and not files.check(path.name):
+        raise CheckpointError(f"{path} is damaged: it differs from the checkpoint recorded in {path.parent / MANIFEST}; "
+                              "rerun the study (or probe.train) on this run to recompute it")
 
 
 def read_checkpoint(path: Path):

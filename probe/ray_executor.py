@@ -1,7 +1,7 @@
 """Run grid cells as Ray tasks on an existing cluster (``run_grid(..., executor="ray")``).
 
 Each cell becomes one task that trains and measures it exactly as a local
-worker would (``probe.grid.run_cell``), writing into the same run cache:
+worker would (``probe.runs.run_cell``), writing into the same run cache:
 the cache must be a folder every Ray node sees at the same path (the
 local disk for a one-machine cluster, a shared filesystem otherwise).
 A task asks for a GPU when its run's device is CUDA.
@@ -21,6 +21,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 from typing import Callable
+
+from .runs import CellResult, run_cell_safely
 
 # A worker killed mid-run (out of memory, a preempted node) is tried again this many times.
 MAX_RETRIES = 2
@@ -84,19 +86,19 @@ def _check_resources(ray, cells) -> None:
 
 
 def run_on_ray(cells, index_groups, runs_dir, measure_fn, data_dir, *, address: str | None, threads: int,
-               on_result: Callable) -> None:
-    """Submit one task per cell; call ``on_result(indices, CellResult)`` as each finishes."""
-    from .grid import CellResult, _run_cell_safely
+               on_result: Callable, wait: bool = True) -> None:
+    """Submit one task per cell; call ``on_result(indices, CellResult)`` as each finishes.
 
+    ``wait``: whether a task whose run another worker holds waits for it, or returns "busy"."""
     ray = connect(address)
     _check_resources(ray, cells)
     runs_dir = str(Path(runs_dir).resolve())
-    task = ray.remote(_run_cell_safely)
+    task = ray.remote(run_cell_safely)
     pending = {}
     for cell, indices in zip(cells, index_groups):
         gpu = 1 if cell.run.device.startswith("cuda") else 0
         ref = task.options(num_cpus=threads, num_gpus=gpu, max_retries=MAX_RETRIES, retry_exceptions=False).remote(
-            cell, runs_dir, measure_fn, data_dir, threads
+            cell, runs_dir, measure_fn, data_dir, threads, wait
         )
         pending[ref] = (cell, indices)
     while pending:
@@ -105,5 +107,6 @@ def run_on_ray(cells, index_groups, runs_dir, measure_fn, data_dir, *, address: 
         try:
             result = ray.get(ready[0])
         except Exception as e:  # the task's worker died more often than it may be retried
-            result = CellResult(cell, "failed", {}, None, cached=False, error=f"Ray task failed: {e}")
+            result = CellResult(cell, "failed", None, None, cached=False,
+                                error=f"Ray task failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         on_result(indices, result)

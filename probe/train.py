@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -44,9 +45,11 @@ from tqdm.auto import tqdm
 
 from .corpus import Corpus, batchify, bptt_windows
 from .datasets import corpus_fingerprint, load_corpus
-from .files import write_atomic, write_json_atomic
 from .model import LanguageModel, ModelConfig, detach_state
 from .placements import parse_placement
+from .preflight import check_backend, check_device, check_device_name, check_folder
+from .run_folder import CHECKPOINT, METRICS, RESULT, RunFolder
+from kernels.layer import BACKENDS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 OPTIMIZERS = ("sgd", "adam")
@@ -98,10 +101,14 @@ class RunConfig:
             raise ValueError(f"decay_after must be >= 0; got {self.decay_after}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        for name, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("select", SELECTIONS)):
+        for name, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("select", SELECTIONS),
+                            ("backend", BACKENDS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
-        parse_placement(self.placement)
+        check_device_name(self.device)
+        # Stored in canonical form (every rate explicit), so two spellings of one placement
+        # (zaremba, zaremba:p=0.5) are one configuration and one run id.
+        object.__setattr__(self, "placement", parse_placement(self.placement).spec)
 
     def lr_at(self, epoch: int) -> float:
         """The fixed schedule's learning rate of 1-based ``epoch``: held, then divided by lr_decay per epoch.
@@ -237,8 +244,9 @@ class RunResult:
     selected_epoch: int | None = None  # best_epoch or the last epoch, per config.select (None if diverged)
     final_valid_ppl: float = math.nan  # of the last epoch's model
     final_test_ppl: float = math.nan  # of the last epoch's model
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time, summed over epochs (of every session, when resumed)
     run_dir: str | None = None
+    wall_seconds: float = math.nan  # this session's wall time, evaluation included
     model: LanguageModel | None = None
 
     def to_json(self) -> dict:
@@ -246,6 +254,18 @@ class RunResult:
         d["config"] = dataclasses.asdict(self.config)
         d["run_id"] = self.config.run_id()
         return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RunResult":
+        """The RunResult a result.json holds (``to_json``'s inverse, without the model).
+
+        A ValueError names what is missing or wrong, e.g. for a file written by an older version."""
+        try:
+            config = RunConfig(**d["config"])
+            names = {f.name for f in dataclasses.fields(cls)} - {"config", "model"}
+            return cls(config=config, **{k: v for k, v in d.items() if k in names})
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a result.json of this version ({type(e).__name__}: {e})") from None
 
 
 # --- evaluation -----------------------------------------------------------
@@ -289,12 +309,10 @@ def _set_rng_states(states: dict, mask_gen: torch.Generator) -> None:
 
 
 def _save_checkpoint(
-    path: Path, model, mask_gen, optimizer, best: dict, epoch: int, epochs: list[dict], config: RunConfig
+    folder: RunFolder, model, mask_gen, optimizer, best: dict, epoch: int, epochs: list[dict], config: RunConfig
 ) -> None:
     """``best``: ``{"epoch", "model"}``, the best epoch's state_dict; when that is this
     epoch the model's own tensors are passed, which torch.save stores only once."""
-    import io
-
     model_state = model.state_dict()
     best_state = model_state if best["epoch"] == epoch else best["model"]
     buf = io.BytesIO()
@@ -310,7 +328,7 @@ def _save_checkpoint(
         },
         buf,
     )
-    write_atomic(path, buf.getvalue())
+    folder.files.write(CHECKPOINT, buf.getvalue())
 
 
 def _clone_state(model) -> dict:
@@ -352,15 +370,45 @@ def train(
 ) -> RunResult:
     """Train (or resume) one run; returns its result with the selected epoch's model.
 
-    ``run_dir``: where config, metrics and checkpoint live; a run found there
-    with the same configuration resumes after its last finished epoch (a
-    finished one only re-evaluates its selected and final models).
-    ``stop_after_epoch`` ends the call early (as an interruption would), for
-    tests of resumption. ``log``: called with each epoch's metrics dict as the
-    epoch ends (first with those of epochs restored from a checkpoint).
+    ``run_dir``: where config, metrics and checkpoint live (probe.run_folder);
+    a run found there with the same configuration resumes after its last
+    finished epoch (a finished one only re-evaluates its selected and final
+    models). The folder is locked while this runs, and every file in it is
+    verified first: a damaged one is moved aside and recomputed (a damaged
+    checkpoint restarts the run from scratch). ``stop_after_epoch`` ends the
+    call early (as an interruption would), for tests of resumption. ``log``:
+    called with each epoch's metrics dict as the epoch ends (first with those
+    of epochs restored from a checkpoint).
     """
     if corpus is None:
         corpus = load_corpus(config.corpus, data_dir, split=config.split)
+    if run_dir is None:
+        return _train(config, None, corpus, progress, stop_after_epoch, log)
+    folder = RunFolder(run_dir)
+    with folder.locked():
+        return _train(config, folder, corpus, progress, stop_after_epoch, log)
+
+
+def _open_folder(folder: RunFolder, config: RunConfig, device) -> dict | None:
+    """Verify the folder, check it is this configuration's, record the config; return its checkpoint (or None)."""
+    folder.files.clean_temporary()
+    folder.files.verify_all(repair=True)
+    foreign = folder.foreign_config(config)
+    if foreign is not None:
+        raise ValueError(foreign)
+    folder.write_config(config)
+    blob = folder.files.read(CHECKPOINT, repair=True)
+    if blob is None:
+        return None
+    try:
+        return torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+    except Exception as e:  # the recorded bytes, yet unreadable here (another torch version?): start afresh
+        folder.files._move_aside(CHECKPOINT, f"cannot be loaded ({type(e).__name__}: {str(e)[:100]})")
+        return None
+
+
+def _train(config: RunConfig, folder: RunFolder | None, corpus: Corpus, progress: bool,
+           stop_after_epoch: int | None, log) -> RunResult:
     model, mask_gen, device = _setup(config, corpus)
     train_ids = corpus.train if config.train_tokens is None else corpus.train[: config.train_tokens]
     train_data = batchify(train_ids, config.batch_size).to(device)
@@ -368,27 +416,19 @@ def train(
     test_data = batchify(corpus.test, config.batch_size).to(device)
 
     optimizer = _make_optimizer(config, model)
-    run_path = Path(run_dir) if run_dir is not None else None
+    run_dir = str(folder.path) if folder is not None else None
     epochs: list[dict] = []
     best: dict = {"epoch": None, "model": None}  # the best epoch so far and its state_dict
     start_epoch = 1
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-        ckpt_path = run_path / "checkpoint.pt"
-        _check_same_config(run_path, config)
-        provenance = {"run_id": config.run_id()}
-        if config.corpus_sha256() is not None:
-            provenance["corpus_sha256"] = config.corpus_sha256()
-        write_json_atomic(run_path / "config.json", dataclasses.asdict(config) | provenance)
-        if ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-            model.load_state_dict(ckpt["model"])
-            if optimizer is not None:
-                optimizer.load_state_dict(ckpt["optimizer"])
-            _set_rng_states(ckpt["rng"], mask_gen)
-            epochs = ckpt["epochs"]
-            best = ckpt["best"]
-            start_epoch = ckpt["epoch"] + 1
+    ckpt = _open_folder(folder, config, device) if folder is not None else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_states(ckpt["rng"], mask_gen)
+        epochs = ckpt["epochs"]
+        best = ckpt["best"]
+        start_epoch = ckpt["epoch"] + 1
     if log is not None:
         for e in epochs:
             log(e)
@@ -397,8 +437,7 @@ def train(
     t_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         if stop_after_epoch is not None and epoch > stop_after_epoch:
-            return RunResult(config, "interrupted", epochs, best_epoch=best["epoch"],
-                             run_dir=str(run_path) if run_path else None, model=model)
+            return RunResult(config, "interrupted", epochs, best_epoch=best["epoch"], run_dir=run_dir, model=model)
         lr = learning_rates(config, [e["valid_ppl"] for e in epochs])[epoch - 1]
         if optimizer is not None:
             for group in optimizer.param_groups:
@@ -432,12 +471,11 @@ def train(
             break
         if best_epoch(epochs) == epoch:
             best = {"epoch": epoch, "model": _clone_state(model)}
-        if run_path is not None:
-            _save_checkpoint(run_path / "checkpoint.pt", model, mask_gen, optimizer, best, epoch, epochs, config)
-            write_json_atomic(run_path / "metrics.json", epochs)
+        if folder is not None:
+            _save_checkpoint(folder, model, mask_gen, optimizer, best, epoch, epochs, config)
+            folder.files.write_json(METRICS, epochs)
 
-    result = RunResult(config, status, epochs, best_epoch=best["epoch"],
-                       run_dir=str(run_path) if run_path else None, model=model)
+    result = RunResult(config, status, epochs, best_epoch=best["epoch"], run_dir=run_dir, model=model)
     result.seconds = sum(e["seconds"] for e in epochs)
     if status == "finished":
         final = epochs[-1]["epoch"]
@@ -450,32 +488,15 @@ def train(
             model.load_state_dict(best["model"])
             result.valid_ppl = epochs[result.selected_epoch - 1]["valid_ppl"]
             result.test_ppl = _ppl(evaluate(model, test_data, config.bptt))
-    if run_path is not None:
-        write_json_atomic(run_path / "result.json", result.to_json() | {"wall_seconds": time.perf_counter() - t_start})
+    result.wall_seconds = time.perf_counter() - t_start
+    if folder is not None:
+        folder.files.write_json(METRICS, epochs)  # rewritten, in case it was the file found damaged
+        folder.files.write_json(RESULT, result.to_json())
     return result
 
 
 def _ppl(nll: float) -> float:
     return math.exp(nll) if nll < 700 else math.inf
-
-
-def _check_same_config(run_path: Path, config: RunConfig) -> None:
-    """A folder holding another configuration's run is never reused."""
-    existing = run_path / "config.json"
-    if not existing.exists():
-        return
-    saved = json.loads(existing.read_text())
-    saved.pop("run_id", None)
-    if saved.pop("corpus_sha256", None) not in (None, config.corpus_sha256()):
-        raise ValueError(
-            f"run folder {run_path} holds a run trained on other contents of the corpus file(s) {config.corpus!r}; "
-            "use a fresh folder (run folders are keyed by RunConfig.run_id(), which hashes the files in)"
-        )
-    if saved != json.loads(json.dumps(dataclasses.asdict(config))):
-        raise ValueError(
-            f"run folder {run_path} holds a run of a different configuration; "
-            "use a fresh folder (run folders are keyed by RunConfig.run_id())"
-        )
 
 
 def _train_epoch(model, data, config: RunConfig, lr: float, optimizer, mask_gen, progress: bool, epoch: int) -> float:
@@ -579,17 +600,25 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        check_device(config.device)
+        check_backend(config.backend, config.device)
+        runs_dir = check_folder(args.runs_dir or default_runs_dir(), "--runs-dir")
         corpus = load_corpus(config.corpus, args.data_dir, split=config.split, download=args.download)
         check_corpus_fits(corpus, config)
-    except ValueError as e:  # CorpusError and PlacementError are ValueErrors
+    except ValueError as e:  # CorpusError, PlacementError and PreflightError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_dir = (args.runs_dir or default_runs_dir()) / config.run_id()
+    run_dir = runs_dir / config.run_id()
     print(f"run {config.run_id()} -> {run_dir}\ncorpus: {corpus.label}: {corpus.split_note}", file=sys.stderr)
     if _finished(run_dir, config):
         print(f"reusing the finished run in {run_dir} (same configuration; delete the folder to train again)",
               file=sys.stderr)
-    result = train(config, run_dir, corpus=corpus, progress=not args.no_progress, log=_print_epoch)
+    try:
+        result = train(config, run_dir, corpus=corpus, progress=not args.no_progress, log=_print_epoch)
+    except (OSError, ValueError, RuntimeError) as e:  # a full disk, a folder made read-only, a foreign folder
+        print(f"error: run {config.run_id()} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr)
+        return 1
     print(_summary_line(result, run_dir))
     return 0 if result.status == "finished" else 1
 
@@ -611,10 +640,10 @@ def check_corpus_fits(corpus: Corpus, config: RunConfig) -> None:
 def _finished(run_dir: Path, config: RunConfig) -> bool:
     """Whether ``run_dir`` already holds this configuration's finished run (train() then only reloads it)."""
     try:
-        saved = json.loads((run_dir / "result.json").read_text())
+        saved = RunFolder(run_dir).files.read_json(RESULT)  # verified, read-only
     except (OSError, ValueError):
         return False
-    return saved.get("run_id") == config.run_id() and saved.get("status") == "finished"
+    return saved is not None and saved.get("run_id") == config.run_id() and saved.get("status") == "finished"
 
 
 def _print_epoch(e: dict) -> None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from probe.preflight import PreflightError, check_device, check_device_name, check_folder
+from probe.run_folder import LOG
+from probe.runs import CellResult
 
 
 def add_grid_options(p: argparse.ArgumentParser, *, study: str, jobs: int) -> None:
@@ -16,6 +21,8 @@ def add_grid_options(p: argparse.ArgumentParser, *, study: str, jobs: int) -> No
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: --jobs worker processes here (default); ray: one task per run on the cluster at --address")
     p.add_argument("--address", help="Ray cluster address HOST:PORT, with --executor ray")
+    p.add_argument("--download", action="store_true",
+                   help="download missing corpus files from their canonical sources (checksummed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -23,3 +30,30 @@ def finish_grid_options(args: argparse.Namespace, *, study: str) -> argparse.Nam
     if args.runs_dir is None:
         args.runs_dir = args.out / "runs" / study
     return args
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Before any training: the device exists, --out and --runs-dir are writable folders (PreflightError)."""
+    if args.jobs < 1:
+        raise PreflightError(f"--jobs must be at least 1; got {args.jobs}")
+    if args.executor == "ray":
+        check_device_name(args.device)  # the cluster's nodes, not this one, must have it (checked on connect)
+    else:
+        check_device(args.device)
+    check_folder(args.out, "--out")
+    check_folder(args.runs_dir, "--runs-dir")
+
+
+def report_failures(results: list[CellResult]) -> int:
+    """One line per failed run, with where its traceback is; returns how many failed."""
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        where = f"traceback in {r.log}" if r.log else "no traceback could be written"
+        print(f"run {r.cell.run.run_id()} ({r.cell.run.placement} seed {r.cell.run.seed}) failed: {r.error} "
+              f"({where})", file=sys.stderr)
+    return len(failed)
+
+
+def failure_summary(failed: int, total: int) -> str:
+    return (f"{failed} of {total} runs failed (one line each above; each run folder's {LOG} holds the "
+            "traceback); rerun the same command to retry them, finished runs are reused")

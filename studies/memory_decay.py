@@ -32,7 +32,8 @@ from probe import report_text, stats
 from probe.answer import answer_columns, answer_metrics, answer_table, headline
 from probe.corpus import CorpusError
 from probe.datasets import load_corpus
-from probe.grid import Cell, CellResult, run_grid
+from probe.grid import run_grid
+from probe.runs import Cell, CellResult
 from probe.ray_executor import ClusterError
 from probe.measure import MeasureConfig, run_all
 from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
@@ -40,7 +41,7 @@ from probe.figures import dose_figure, forest_figure, placement_styles, standard
 from probe.report import collect_environment, render_report
 from probe.train import RunConfig, preset
 from probe.validity import planted_lags, validity_checks
-from studies.cli import add_grid_options, finish_grid_options
+from studies.cli import add_grid_options, failure_summary, finish_grid_options, preflight, report_failures
 
 QUESTION = (
     "Where can dropout go in an LSTM without destroying its memory? Each placement trains the same model "
@@ -209,14 +210,16 @@ def training_rows(result: CellResult) -> list[dict]:
     """Perplexities (at the selected epoch and the last one) and training curves of one run as tidy rows."""
     ids = result.cell.ids()
     r = result.result
+    if r is None:  # a failed run: no numbers
+        return []
 
     def row(measure, value, x_name="", x=math.nan):
         value = math.nan if value is None else value
         return dict(ids, measure=measure, x_name=x_name, x=x, value=value, layer=-1, mode="")
 
-    rows = [row(key, r.get(key, math.nan)) for key in ("valid_ppl", "test_ppl", "final_valid_ppl", "final_test_ppl")]
-    rows += [row("selected_epoch", r.get("selected_epoch", math.nan)), row("train_seconds", r.get("seconds", math.nan))]
-    for e in r.get("epochs", []):
+    rows = [row(key, getattr(r, key)) for key in ("valid_ppl", "test_ppl", "final_valid_ppl", "final_test_ppl")]
+    rows += [row("selected_epoch", r.selected_epoch), row("train_seconds", r.seconds)]
+    for e in r.epochs:
         rows.append(row("train_ppl", e["train_ppl"], "epoch", float(e["epoch"])))
         rows.append(row("valid_ppl_epoch", e["valid_ppl"], "epoch", float(e["epoch"])))
     return rows
@@ -281,7 +284,7 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
     ]
     if failed:
         methods.append("Runs that did not finish (left out of every statistic): " + "; ".join(failed) + ".")
-    runtime = sum(r.result.get("seconds", 0.0) or 0.0 for r in results)
+    runtime = sum(r.result.seconds for r in results if r.result is not None)
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
     lags = planted_lags(df)
     metrics = study_metrics(lags, study.short_lag, study.long_lag)
@@ -335,7 +338,15 @@ def resolve_reference(reference: str, placements: list[str]) -> str:
     raise PlacementError(f"reference placement {reference!r} is not among the placements: {', '.join(placements)}")
 
 
-def run_study(args) -> list[Path]:
+@dataclass
+class StudyOutcome:
+    reports: list[Path]  # the reports written
+    runs: int  # cells run, over every corpus
+    failed: int  # of which failed
+    not_written: list[Path]  # reports left as they were because no run of their corpus finished
+
+
+def run_study(args) -> StudyOutcome:
     study = PRESETS[args.preset]
     placements = [parse_placement(p).spec for p in (args.placements or study.placements)]
     reference = resolve_reference(args.reference, placements)
@@ -345,29 +356,35 @@ def run_study(args) -> list[Path]:
         plans = [dataclasses.replace(plans[0], corpus=args.corpus, optional=False, split=args.split or plans[0].split)]
     elif args.split:
         plans = [dataclasses.replace(p, split=args.split) for p in plans]
-    paths = []
+    preflight(args)
+    corpora = []  # every corpus is found before any run trains
     for plan in plans:
         try:
-            corpus = load_corpus(plan.corpus, args.data_dir, split=plan.split)
+            corpora.append((plan, load_corpus(plan.corpus, args.data_dir, split=plan.split, download=args.download)))
         except CorpusError as e:
-            if plan.optional:
-                print(f"skipping optional corpus {plan.corpus}: {str(e).splitlines()[0]}", file=sys.stderr)
-                continue
-            raise
+            if not plan.optional:
+                raise
+            print(f"skipping optional corpus {plan.corpus}: {str(e).splitlines()[0]}", file=sys.stderr)
+    if not corpora:
+        raise CorpusError("no corpus of this preset could be loaded")
+    outcome = StudyOutcome([], 0, 0, [])
+    for plan, corpus in corpora:
         cells = plan_cells(plan, placements, seeds, args.device)
         print(f"{plan.corpus}: {len(cells)} runs ({len(placements)} placements x {len(seeds)} seeds) "
               f"-> {args.runs_dir}", file=sys.stderr)
         results = run_grid(cells, args.runs_dir, run_all, jobs=args.jobs, data_dir=args.data_dir,
                            progress=not args.no_progress, executor=args.executor, address=args.address, threads=1)
-        for r in results:
-            if r.status == "failed":
-                print(f"run {r.cell.run.run_id()} failed:\n{r.error}", file=sys.stderr)
-        name = report_name(study.name, plan.corpus, first=not paths and not args.corpus)
-        paths.append(report_one(plan, study, results, Path(args.out) / name, args, corpus, reference))
-        print(f"report: {paths[-1]}", file=sys.stderr)
-    if not paths:
-        raise CorpusError("no corpus of this preset could be loaded")
-    return paths
+        outcome.runs += len(results)
+        outcome.failed += report_failures(results)
+        path = Path(args.out) / report_name(study.name, plan.corpus, first=plan is plans[0] and not args.corpus)
+        if not any(r.status == "finished" for r in results):
+            print(f"no run on {plan.corpus} finished, so {path} was not written"
+                  + (" (the existing report is kept)" if path.exists() else ""), file=sys.stderr)
+            outcome.not_written.append(path)
+            continue
+        outcome.reports.append(report_one(plan, study, results, path, args, corpus, reference))
+        print(f"report: {path}", file=sys.stderr)
+    return outcome
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,11 +414,17 @@ def main(argv=None) -> int:
         return 2
     start = time.perf_counter()
     try:
-        paths = run_study(args)
+        outcome = run_study(args)
     except (CorpusError, PlacementError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"done in {time.perf_counter() - start:.0f} s: " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    seconds = time.perf_counter() - start
+    if outcome.failed or outcome.not_written:
+        what = failure_summary(outcome.failed, outcome.runs) if outcome.failed else "no run finished (every one diverged)"
+        written = f"reports written: {', '.join(map(str, outcome.reports))}" if outcome.reports else "no report written"
+        print(f"error: {what}; {written}", file=sys.stderr)
+        return 1
+    print(f"done in {seconds:.0f} s: " + ", ".join(str(p) for p in outcome.reports), file=sys.stderr)
     return 0
 
 

@@ -31,13 +31,14 @@ from probe import report_text, stats
 from probe.corpus import CorpusError
 from probe.datasets import load_corpus
 from probe.figures import standard_figures
-from probe.grid import Cell, CellResult, run_grid
+from probe.grid import run_grid
+from probe.runs import Cell, CellResult
 from probe.ray_executor import ClusterError
 from probe.placements import PlacementError, parse_placement
 from probe.report import collect_environment, render_report
 from probe.train import PRESETS as TRAIN_PRESETS
 from probe.train import preset
-from studies.cli import add_grid_options, finish_grid_options
+from studies.cli import add_grid_options, failure_summary, finish_grid_options, preflight, report_failures
 
 # Zaremba, Sutskever & Vinyals 2014, Table 1 (valid / test perplexity).
 PAPER = {"small": (120.7, 114.5), "medium": (86.2, 82.7), "large": (82.2, 78.4)}
@@ -75,9 +76,11 @@ def tidy_rows(size: str, result: CellResult) -> list[dict]:
     """Perplexities, speed and training curves of one run, labelled by size and placement."""
     label = group_label(size, result.cell.run.placement)
     ids = {"placement": label, "seed": result.cell.run.seed, "run_id": result.cell.run.run_id(), "layer": -1, "mode": ""}
-    res, epochs = result.result, result.result.get("epochs", [])
-    rows = [dict(ids, measure=m, x_name="", x=math.nan, value=res.get(m) if res.get(m) is not None else math.nan)
-            for m in ("valid_ppl", "test_ppl")]
+    res = result.result
+    if res is None:  # a failed run: no numbers
+        return []
+    epochs = res.epochs
+    rows = [dict(ids, measure=m, x_name="", x=math.nan, value=getattr(res, m)) for m in ("valid_ppl", "test_ppl")]
     if epochs:
         rows.append(dict(ids, measure="words_per_sec", x_name="", x=math.nan,
                          value=sum(e.get("words_per_sec", math.nan) for e in epochs) / len(epochs)))
@@ -117,7 +120,10 @@ def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitut
     return sentences
 
 
-def run_study(args) -> Path:
+def run_study(args) -> tuple[Path | None, int, int]:
+    """Train and report; returns the report (None if no run finished), the failed runs and all runs."""
+    preflight(args)
+    cells = plan(args)  # placement specs are parsed here, before anything trains
     try:
         corpus = load_corpus(args.corpus, args.data_dir, split=args.split, download=args.download)
     except CorpusError as e:
@@ -127,12 +133,14 @@ def run_study(args) -> Path:
                 "--split substitute (PTB valid as training text); the report will say it is not comparable."
             ) from None
         raise
-    cells = plan(args)
     results = run_grid([c for _, c in cells], args.runs_dir, None, jobs=args.jobs, data_dir=args.data_dir,
                        progress=not args.no_progress, executor=args.executor, address=args.address)
-    for r in results:
-        if r.status == "failed":
-            print(f"run {r.cell.run.run_id()} failed:\n{r.error}", file=sys.stderr)
+    failed = report_failures(results)
+    path = Path(args.out) / "zaremba.html"
+    if not any(r.status == "finished" for r in results):
+        print(f"no run finished, so {path} was not written" + (" (the existing report is kept)" if path.exists() else ""),
+              file=sys.stderr)
+        return None, failed, len(results)
     paired = [(size, r) for (size, _), r in zip(cells, results)]
     tidy = pd.DataFrame([row for size, r in paired for row in tidy_rows(size, r)])
     substitute = args.split == "substitute"
@@ -155,12 +163,13 @@ def run_study(args) -> Path:
     ]
     placements = list(dict.fromkeys(r.cell.run.placement for _, r in paired))
     env = collect_environment(jobs=str(args.jobs))
-    return render_report(
-        Path(args.out) / "zaremba.html", title=title, question=QUESTION, config=config, placements=placements,
+    report = render_report(
+        path, title=title, question=QUESTION, config=config, placements=placements,
         tidy=tidy, tests=pd.DataFrame(columns=stats.TEST_COLUMNS), summary=summary(tidy, paired, substitute, args.corpus),
         environment=env, figures=[f for f in standard_figures(tidy) if f.key in ("perplexity", "training")],
         methods=methods,
     )
+    return report, failed, len(results)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'substitute' trains on PTB valid when ptb.train.txt is absent (not comparable)")
     p.add_argument("--epochs", type=int, help="cut every configuration to this many epochs (a budget, not the paper)")
     p.add_argument("--train-tokens", type=int, help="train on only the first N training tokens (a budget)")
-    p.add_argument("--download", action="store_true", help="download missing PTB files (checksummed)")
     add_grid_options(p, study="zaremba", jobs=1)
     return p
 
@@ -190,10 +198,14 @@ def main(argv=None) -> int:
         return 2
     start = time.perf_counter()
     try:
-        path = run_study(args)
+        path, failed, total = run_study(args)
     except (CorpusError, PlacementError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if failed or path is None:
+        what = failure_summary(failed, total) if failed else "no run finished (every one diverged)"
+        print(f"error: {what}; " + (f"report written: {path}" if path else "no report written"), file=sys.stderr)
+        return 1
     print(f"report: {path} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     return 0
 

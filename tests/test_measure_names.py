@@ -6,7 +6,8 @@ import pytest
 
 from probe import measure_names, stats
 from probe.datasets import load_corpus
-from probe.grid import Cell, CellResult
+from probe.runs import Cell, CellResult
+from probe.train import RunResult
 from probe.measure import run_all
 from probe.model import LanguageModel
 from studies.memory_decay import PRESETS, training_rows
@@ -19,8 +20,8 @@ def emitted() -> set[str]:
     corpus = load_corpus(plan.corpus)
     config = plan.run_config("variational:p=0.25,rec=0.25", 0, "cpu")
     table = run_all(LanguageModel(config.model_config(len(corpus.vocab))), corpus, plan.measure)
-    result = {"valid_ppl": 5.0, "test_ppl": 5.1, "final_valid_ppl": 5.2, "final_test_ppl": 5.3, "selected_epoch": 2,
-              "seconds": 1.0, "epochs": [{"epoch": 1, "train_ppl": 6.0, "valid_ppl": 5.5}]}
+    result = RunResult(config, "finished", valid_ppl=5.0, test_ppl=5.1, final_valid_ppl=5.2, final_test_ppl=5.3,
+                       selected_epoch=2, seconds=1.0, epochs=[{"epoch": 1, "train_ppl": 6.0, "valid_ppl": 5.5}])
     rows = training_rows(CellResult(Cell(config, plan.measure), "finished", result, None, cached=False))
     return set(table["measure"]) | {r["measure"] for r in rows}
 

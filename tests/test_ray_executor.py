@@ -52,7 +52,7 @@ def cluster():
 
 def _tables(results) -> pd.DataFrame:
     frames = [r.measurements for r in results]
-    ppl = pd.DataFrame([{"run_id": r.cell.run.run_id(), "valid": r.result["valid_ppl"], "test": r.result["test_ppl"]}
+    ppl = pd.DataFrame([{"run_id": r.cell.run.run_id(), "valid": r.result.valid_ppl, "test": r.result.test_ppl}
                         for r in results])
     return pd.concat(frames, ignore_index=True), ppl
 
