@@ -6,9 +6,10 @@ import torch
 
 from .contract import RecurrentMasks, check_inputs
 from .gemm import linear
+from .native import lstm_layer_native, native_supported
 from .reference import lstm_layer_projected_reference, lstm_layer_reference
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "native")
 
 
 def lstm_layer(
@@ -34,10 +35,13 @@ def lstm_layer(
 
     backend: "auto" (Triton for CUDA tensors, the reference elsewhere),
     "reference", or "triton" (on CPU tensors it needs TRITON_INTERPRET=1).
+    ("native", torch's fused LSTM, needs the input x: ``lstm_layer_from_input``.)
     """
     masks = RecurrentMasks(recurrent, cell_update, cell, zoneout_h, zoneout_c)
     check_inputs(gx, h0, c0, w_hh, masks)
-    if _resolve_backend(backend, gx) == "reference":
+    if backend == "native":
+        raise ValueError("backend 'native' needs the layer's input x: use lstm_layer_from_input")
+    if _resolve_backend(backend, gx, masks, native=False) == "reference":
         return lstm_layer_reference(gx, h0, c0, w_hh, masks)
     from .triton_lstm import lstm_layer_triton
 
@@ -61,10 +65,13 @@ def lstm_layer_from_input(
 ):
     """``lstm_layer`` on gx = x @ w_ih.T + bias, computed from the layer's input x (T, B, I).
 
-    The same function as ``lstm_layer(kernels.linear(x, w_ih, bias), ...)``;
-    the reference backend fuses the projection into its autograd Function
-    (one transpose of dZ serves both weight gradients), which is what a
-    model trains with on the CPU.
+    The same function as ``lstm_layer(kernels.linear(x, w_ih, bias), ...)``.
+    backend "auto" runs a layer without recurrent masks on torch's fused
+    LSTM (``kernels.native``: oneDNN on CPU, cuDNN on CUDA) and the others
+    as ``lstm_layer`` does; "native" forces the fused LSTM (an error when a
+    recurrent mask is given). The reference backend fuses the projection
+    into its autograd Function (one transpose of dZ serves both weight
+    gradients), which is what masked layers train with on the CPU.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, I); got shape {tuple(x.shape)}")
@@ -79,16 +86,34 @@ def lstm_layer_from_input(
     T, B, _ = x.shape
     gx_like = x.new_empty(1, 1, 1).expand(T, B, w_ih.shape[0])  # shape, dtype and device, no memory
     check_inputs(gx_like, h0, c0, w_hh, masks)
-    if _resolve_backend(backend, x) == "reference":
+    chosen = _resolve_backend(backend, x, masks)
+    if chosen == "native":
+        return lstm_layer_native(x, w_ih, bias, h0, c0, w_hh)
+    if chosen == "reference":
         return lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks)
-    return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, **masks._asdict(), backend=backend)
+    return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, **masks._asdict(), backend="triton")
 
 
-def _resolve_backend(backend: str, t: torch.Tensor) -> str:
-    """"reference" or "triton": "auto" picks Triton for CUDA tensors when it is installed."""
+def _resolve_backend(backend: str, t: torch.Tensor, masks: RecurrentMasks, *, native: bool = True) -> str:
+    """"native", "reference" or "triton".
+
+    "auto": torch's fused LSTM when no mask is on the recurrence (and ``native``, i.e. the input x is
+    at hand), else Triton for CUDA tensors when it is installed, else the reference.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    unmasked = all(m is None for m in masks)
+    if backend == "native":
+        if not unmasked:
+            present = [n for n, m in masks._asdict().items() if m is not None]
+            raise ValueError(f"backend 'native' runs layers without recurrent masks; this one has {', '.join(present)}")
+        if not native_supported(t):
+            raise ValueError(f"backend 'native' does not run {t.dtype} on {t.device.type}; "
+                             f"use backend 'auto' or 'reference'")
+        return "native"
     if backend == "auto":
+        if native and unmasked and native_supported(t):
+            return "native"
         return "triton" if t.is_cuda and _triton_usable() else "reference"
     return backend
 

@@ -602,9 +602,9 @@ def main(argv=None) -> int:
         config = config_from_args(args)
         check_device(config.device)
         check_backend(config.backend, config.device)
-        runs_dir = check_folder(args.runs_dir or default_runs_dir(), "--runs-dir")
         corpus = load_corpus(config.corpus, args.data_dir, split=config.split, download=args.download)
         check_corpus_fits(corpus, config)
+        runs_dir = check_folder(args.runs_dir or default_runs_dir(), "--runs-dir")  # created last: no litter
     except ValueError as e:  # CorpusError, PlacementError and PreflightError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

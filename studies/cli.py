@@ -32,14 +32,20 @@ def finish_grid_options(args: argparse.Namespace, *, study: str) -> argparse.Nam
     return args
 
 
-def preflight(args: argparse.Namespace) -> None:
-    """Before any training: the device exists, --out and --runs-dir are writable folders (PreflightError)."""
+def preflight(args: argparse.Namespace, *, folders: bool = True) -> None:
+    """Before any training: --jobs, the device exists, and (``folders``) ``preflight_folders`` (PreflightError)."""
     if args.jobs < 1:
         raise PreflightError(f"--jobs must be at least 1; got {args.jobs}")
     if args.executor == "ray":
         check_device_name(args.device)  # the cluster's nodes, not this one, must have it (checked on connect)
     else:
         check_device(args.device)
+    if folders:
+        preflight_folders(args)
+
+
+def preflight_folders(args: argparse.Namespace) -> None:
+    """--out and --runs-dir are folders this process can write (created if missing, so checked last)."""
     check_folder(args.out, "--out")
     check_folder(args.runs_dir, "--runs-dir")
 

@@ -41,7 +41,8 @@ from probe.figures import dose_figure, forest_figure, placement_styles, standard
 from probe.report import collect_environment, render_report
 from probe.train import RunConfig, preset
 from probe.validity import planted_lags, validity_checks
-from studies.cli import add_grid_options, failure_summary, finish_grid_options, preflight, report_failures
+from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
+                        report_failures)
 
 QUESTION = (
     "Where can dropout go in an LSTM without destroying its memory? Each placement trains the same model "
@@ -356,7 +357,7 @@ def run_study(args) -> StudyOutcome:
         plans = [dataclasses.replace(plans[0], corpus=args.corpus, optional=False, split=args.split or plans[0].split)]
     elif args.split:
         plans = [dataclasses.replace(p, split=args.split) for p in plans]
-    preflight(args)
+    preflight(args, folders=False)
     corpora = []  # every corpus is found before any run trains
     for plan in plans:
         try:
@@ -367,6 +368,7 @@ def run_study(args) -> StudyOutcome:
             print(f"skipping optional corpus {plan.corpus}: {str(e).splitlines()[0]}", file=sys.stderr)
     if not corpora:
         raise CorpusError("no corpus of this preset could be loaded")
+    preflight_folders(args)
     outcome = StudyOutcome([], 0, 0, [])
     for plan, corpus in corpora:
         cells = plan_cells(plan, placements, seeds, args.device)

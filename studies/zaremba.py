@@ -38,7 +38,8 @@ from probe.placements import PlacementError, parse_placement
 from probe.report import collect_environment, render_report
 from probe.train import PRESETS as TRAIN_PRESETS
 from probe.train import preset
-from studies.cli import add_grid_options, failure_summary, finish_grid_options, preflight, report_failures
+from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
+                        report_failures)
 
 # Zaremba, Sutskever & Vinyals 2014, Table 1 (valid / test perplexity).
 PAPER = {"small": (120.7, 114.5), "medium": (86.2, 82.7), "large": (82.2, 78.4)}
@@ -122,7 +123,7 @@ def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitut
 
 def run_study(args) -> tuple[Path | None, int, int]:
     """Train and report; returns the report (None if no run finished), the failed runs and all runs."""
-    preflight(args)
+    preflight(args, folders=False)
     cells = plan(args)  # placement specs are parsed here, before anything trains
     try:
         corpus = load_corpus(args.corpus, args.data_dir, split=args.split, download=args.download)
@@ -133,6 +134,7 @@ def run_study(args) -> tuple[Path | None, int, int]:
                 "--split substitute (PTB valid as training text); the report will say it is not comparable."
             ) from None
         raise
+    preflight_folders(args)
     results = run_grid([c for _, c in cells], args.runs_dir, None, jobs=args.jobs, data_dir=args.data_dir,
                        progress=not args.no_progress, executor=args.executor, address=args.address)
     failed = report_failures(results)

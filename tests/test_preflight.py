@@ -53,7 +53,7 @@ def test_a_file_or_an_unwritable_place_is_no_folder(tmp_path):
 
 
 def test_backends_are_checked_against_the_device():
-    with pytest.raises(PreflightError, match="valid backends: auto, reference, triton"):
+    with pytest.raises(PreflightError, match="valid backends: auto, reference, triton, native"):
         check_backend("bogus", "cpu")
     check_backend("reference", "cpu")
 
@@ -86,9 +86,10 @@ def test_studies_refuse_cuda_without_a_gpu(tmp_path, capsys, main):
 
 @pytest.mark.parametrize("main", [memory_decay.main, zaremba.main])
 @pytest.mark.parametrize("option", ["--out", "--runs-dir"])
-def test_studies_refuse_a_file_as_output_folder_before_training(tmp_path, capsys, main, option):
+def test_studies_refuse_a_file_as_output_folder_before_training(tmp_path, capsys, main, option, shared_data):
     (tmp_path / "file").write_text("not a folder")
-    extra = SMOKE if main is memory_decay.main else ["--sizes", "small", "--split", "substitute"]
+    extra = SMOKE if main is memory_decay.main else ["--sizes", "small", "--split", "substitute",
+                                                       "--data-dir", str(shared_data)]
     argv = [*extra, "--out", str(tmp_path / "out"), option, str(tmp_path / "file")]
     if option == "--out":
         argv = [*extra, "--out", str(tmp_path / "file")]
