@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_ext
 from .contract import RecurrentMasks
 from .gemm import PackedWeight, mm_t
 
@@ -180,20 +181,68 @@ def _backward_loop(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks):
     return dZ, dh, dc, h_prev
 
 
+# The hidden size from which the compiled path's products go through oneDNN (kernels.gemm) rather than
+# torch.mm: on the 2-core AMD EPYC machine torch.mm is the faster at H = 64-200 (oneDNN's fixed cost
+# per call and its weight reorder outweigh its kernel), oneDNN at H = 650 (docs/benchmarks.md).
+ONEDNN_FROM_HIDDEN = 400
+
+
+def _onednn_products(H: int) -> bool:
+    return H >= ONEDNN_FROM_HIDDEN
+
+
+def _packed(w, B: int, H: int):
+    """``w`` reordered for oneDNN, or None where the compiled loop multiplies with torch.mm."""
+    return PackedWeight(w, B).packed if _onednn_products(H) else None
+
+
+def _forward(gates, h0, c0, w_hh, masks):
+    """``_forward_loop``, on the compiled CPU loop where it serves (``kernels.cpu_ext``)."""
+    if compiled_loop(gates):
+        return cpu_ext.forward(gates, h0, c0, w_hh, _packed(w_hh, gates.shape[1], h0.shape[-1]), masks)
+    return _forward_loop(gates, h0, c0, w_hh, masks)
+
+
+def _backward(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks):
+    """``_backward_loop``, on the compiled CPU loop where it serves."""
+    if not compiled_loop(gates):
+        return _backward_loop(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
+    packed_t = _packed(w_hh.t(), gates.shape[1], h0.shape[-1])
+    dZ, dh0, dc0 = cpu_ext.backward(d_hs, d_hT, d_cT, w_hh, packed_t, gates, cs, tcs, masks)
+    h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])
+    if masks[0] is not None:
+        h_prev = h_prev * masks[0]
+    return dZ, dh0, dc0, h_prev
+
+
+# Test hook: False runs the Python loops even where the compiled one is available.
+USE_COMPILED = True
+
+
+def compiled_loop(t: torch.Tensor) -> bool:
+    """Whether the recurrence on ``t`` runs the compiled CPU loop."""
+    return USE_COMPILED and cpu_ext.usable(t)
+
+
+def _mm_products(*, gates_like: torch.Tensor, H: int) -> bool:
+    """Whether the sequence-wide products of the compiled path go through torch.mm (small H) or oneDNN."""
+    return compiled_loop(gates_like) and not _onednn_products(H)
+
+
 class _MaskedLSTM(torch.autograd.Function):
     """The recurrence from gx; forward saves activated gates, cell states and tanh(c)."""
 
     @staticmethod
     def forward(ctx, gx, h0, c0, w_hh, *masks):
         gates = gx.clone()  # pre-activations, activated in place
-        hs, cs, tcs = _forward_loop(gates, h0, c0, w_hh, masks)
+        hs, cs, tcs = _forward(gates, h0, c0, w_hh, masks)
         ctx.save_for_backward(h0, w_hh, gates, cs, tcs, hs, *masks)
         return hs, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     def backward(ctx, d_hs, d_hT, d_cT):
         h0, w_hh, gates, cs, tcs, hs, *masks = ctx.saved_tensors
-        dZ, dh0, dc0, h_prev = _backward_loop(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
+        dZ, dh0, dc0, h_prev = _backward(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
         T, B, H4 = gates.shape
         d_w = None
         if ctx.needs_input_grad[3]:
@@ -214,11 +263,15 @@ class _ProjectedMaskedLSTM(torch.autograd.Function):
     def forward(ctx, x, w_ih, bias, h0, c0, w_hh, *masks):
         T, B, _ = x.shape
         H4 = w_ih.shape[0]
-        gates = mm_t(x.reshape(T * B, -1), w_ih)
-        if bias is not None:
-            gates += bias
+        x_flat = x.reshape(T * B, -1)
+        if _mm_products(gates_like=x, H=H4 // 4):
+            gates = torch.addmm(bias, x_flat, w_ih.t()) if bias is not None else torch.mm(x_flat, w_ih.t())
+        else:
+            gates = mm_t(x_flat, w_ih)
+            if bias is not None:
+                gates += bias
         gates = gates.view(T, B, H4)
-        hs, cs, tcs = _forward_loop(gates, h0, c0, w_hh, masks)
+        hs, cs, tcs = _forward(gates, h0, c0, w_hh, masks)
         ctx.save_for_backward(x, w_ih, h0, w_hh, gates, cs, tcs, hs, *masks)
         ctx.has_bias = bias is not None
         return hs, hs[-1].clone(), cs[-1].clone()
@@ -226,10 +279,16 @@ class _ProjectedMaskedLSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_hs, d_hT, d_cT):
         x, w_ih, h0, w_hh, gates, cs, tcs, hs, *masks = ctx.saved_tensors
-        dZ, dh0, dc0, h_prev = _backward_loop(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
+        dZ, dh0, dc0, h_prev = _backward(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
         T, B, H4 = gates.shape
         dZ_flat = dZ.view(T * B, H4)
         needs = ctx.needs_input_grad
+        if _mm_products(gates_like=gates, H=H4 // 4):  # no transposed copies, no weight reorders
+            d_x = torch.mm(dZ_flat, w_ih).view(x.shape) if needs[0] else None
+            d_w_ih = torch.mm(dZ_flat.t(), x.reshape(T * B, -1)) if needs[1] else None
+            d_b = dZ_flat.sum(0) if ctx.has_bias and needs[2] else None
+            d_w_hh = torch.mm(dZ_flat.t(), h_prev.view(T * B, -1)) if needs[5] else None
+            return (d_x, d_w_ih, d_b, dh0, dc0, d_w_hh) + (None,) * len(masks)
         dZ_t = dZ_flat.t().contiguous() if (needs[1] or needs[5]) else None
         d_x = PackedWeight(w_ih.t(), T * B)(dZ_flat).view(x.shape) if needs[0] else None
         d_w_ih = mm_t(dZ_t, x.reshape(T * B, -1).t()) if needs[1] else None

@@ -94,6 +94,68 @@ def measure_modules(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict
     return interleaved_medians(runs, rounds)
 
 
+# One mask per kind the placements put on the recurrence: (label, mask field, scope).
+MASK_KINDS = (
+    ("no masks", None, None),
+    ("recurrent, sequence (variational)", "recurrent", "sequence"),
+    ("recurrent, step (naive)", "recurrent", "step"),
+    ("cell update, step (semeniuta)", "cell_update", "step"),
+    ("cell, sequence (rnndrop)", "cell", "sequence"),
+    ("zoneout h and c, step (zoneout)", "zoneout", "step"),
+)
+
+
+def measure_kinds(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
+    """Median ms of one layer's forward+backward with its input projection (``lstm_layer_from_input`` on the
+    masked recurrence) for each mask kind, beside ``torch.nn.LSTM`` without masks."""
+    g = torch.Generator().manual_seed(0)
+    lstm = torch.nn.LSTM(H, H)
+    x = torch.randn(T, B, H, generator=g, requires_grad=True)
+    grad_out = torch.randn(T, B, H, generator=g)
+    w_ih = lstm.weight_ih_l0.detach().clone().requires_grad_()
+    w_hh = lstm.weight_hh_l0.detach().clone().requires_grad_()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().clone().requires_grad_()
+    h0 = c0 = torch.zeros(B, H)
+
+    def mask(scope, zoneout=False):
+        shape = (B, H) if scope == "sequence" else (T, B, H)
+        keep = (torch.rand(shape, generator=g) > p).float()
+        return 1 - keep if zoneout else keep / (1 - p)
+
+    runs = {"torch.nn.LSTM": lambda: lstm(x)[0].backward(grad_out)}
+    for label, field, scope in MASK_KINDS:
+        if field is None:
+            masks = {}
+        elif field == "zoneout":
+            masks = {"zoneout_h": mask(scope, True), "zoneout_c": mask(scope, True)}
+        else:
+            masks = {field: mask(scope)}
+
+        def run(masks=masks):
+            hs = lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, **masks, backend="reference")[0]
+            hs.backward(grad_out)
+
+        runs[label] = run
+    return interleaved_medians(runs, rounds)
+
+
+def kinds_table(shapes, threads: list[int], rounds: int) -> None:
+    """Ratio to torch.nn.LSTM of every mask kind, per shape and thread count (a markdown table)."""
+    from kernels import reference
+
+    loop = "compiled loop (kernels.cpu_ext)" if reference.compiled_loop(torch.zeros(1)) else "Python loop"
+    print(f"masked recurrence on the {loop}; ratios of medians to torch.nn.LSTM (ms in parentheses)")
+    print("| T x B x H | threads | torch.nn.LSTM ms | " + " | ".join(k for k, _, _ in MASK_KINDS) + " |")
+    print("|---|---|---|" + "---|" * len(MASK_KINDS))
+    for T, B, H in shapes:
+        for n in threads:
+            torch.set_num_threads(n)
+            m = measure_kinds(T, B, H, rounds)
+            ref = m["torch.nn.LSTM"]
+            cells = " | ".join(f"{m[k] / ref:.2f}x ({m[k]:.2f})" for k, _, _ in MASK_KINDS)
+            print(f"| {T} x {B} x {H} | {n} | {ref:.2f} | {cells} |", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per implementation (default 30)")
@@ -103,7 +165,17 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--masked-lstm", action="store_true",
                         help="time the MaskedLSTM module (no masks; variational masks) against torch.nn.LSTM")
+    parser.add_argument("--mask-kinds", action="store_true",
+                        help="every mask kind the placements put on the recurrence, against torch.nn.LSTM, at each "
+                             "of --threads (default shapes: H = 64, 128, 200, 650 at T=35, B=20)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch intra-op thread counts for --mask-kinds (default 1 2)")
     args = parser.parse_args(argv)
+    if args.mask_kinds:
+        shapes = args.shapes if argv and "--shapes" in argv else [(35, 20, h) for h in (64, 128, 200, 650)]
+        print(f"torch {torch.__version__}, median of {args.rounds} interleaved rounds")
+        kinds_table(shapes, args.threads, args.rounds)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
     if args.masked_lstm:
         print("| T x B x H | implementation | fwd+bwd ms | ratio to torch.nn.LSTM |")

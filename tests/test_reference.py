@@ -20,10 +20,22 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kernels.reference
+from kernels import cpu_ext
 from kernels import MASK_NAMES, RecurrentMasks, gemm, lstm_layer, lstm_layer_from_input
 from kernels.reference import lstm_layer_loop, lstm_layer_reference
 
 ZONEOUT = ("zoneout_h", "zoneout_c")
+
+
+@pytest.fixture(autouse=True, params=["compiled loop", "python loop"])
+def serial_loop(request, monkeypatch):
+    """Every test here runs on both implementations of the serial loop (kernels.cpu_ext, and Python)."""
+    compiled = request.param == "compiled loop"
+    if compiled and not cpu_ext.available():
+        pytest.skip(f"the compiled CPU loop is not available here ({cpu_ext._state.get('why')})")
+    monkeypatch.setattr(kernels.reference, "USE_COMPILED", compiled)
+    return compiled
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-6)}
 
 

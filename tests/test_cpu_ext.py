@@ -1,0 +1,77 @@
+"""The compiled CPU loop: built once and shared, and a machine that cannot build it falls back in one line.
+
+That it computes the reference's function, forward and every gradient for
+every mask kind and scope, is tested in test_reference.py, which runs each
+of its tests on both loops.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import cpu_ext
+from kernels.reference import compiled_loop
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["-m", "probe.train", "--preset", "tiny", "--corpus", "synthetic:train=3000,valid=800,test=800",
+         "--placement", "variational", "--epochs", "1", "--no-progress"]
+
+
+def train_with(tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    full = {**os.environ, "PYTHONPATH": str(REPO), "DROPOUT_PROBE_RUNS": str(tmp_path / "runs"), **env}
+    return subprocess.run([sys.executable, *TRAIN], cwd=tmp_path, env=full, capture_output=True, text=True,
+                          timeout=600)
+
+
+def notices(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "compiled CPU recurrence is not used" in line]
+
+
+@pytest.mark.parametrize("env, why", [
+    ({cpu_ext.DISABLE_ENV: "1"}, "DROPOUT_PROBE_NO_CPP_EXT=1"),
+    ({"CXX": "no-such-compiler-anywhere"}, "no C++ compiler ('no-such-compiler-anywhere' not found on PATH)"),
+    ({"CXX": "false"}, "building it failed"),  # a compiler that fails: the build raises, training goes on
+])
+def test_without_the_compiled_loop_training_goes_on_after_one_line(tmp_path, env, why):
+    proc = train_with(tmp_path, **env, **{cpu_ext.DIR_ENV: str(tmp_path / "ext")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = notices(proc.stderr)
+    assert len(lines) == 1 and why in lines[0], proc.stderr[-2000:]
+    assert "finished" in proc.stdout
+
+
+def test_the_fallback_and_the_compiled_loop_train_the_same_run(tmp_path):
+    if not cpu_ext.available():
+        pytest.skip(f"the compiled CPU loop is not available here ({cpu_ext._state.get('why')})")
+    compiled = train_with(tmp_path / "a")
+    python = train_with(tmp_path / "b", **{cpu_ext.DISABLE_ENV: "1"})
+    assert compiled.returncode == python.returncode == 0
+    assert not notices(compiled.stderr)
+    ppl = [float(out.stdout.split("test ppl ")[1].split(",")[0]) for out in (compiled, python)]
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-4)  # the same function, rounded differently
+
+
+def test_the_compiled_loop_serves_cpu_float32_and_float64_only():
+    if not cpu_ext.available():
+        pytest.skip(f"the compiled CPU loop is not available here ({cpu_ext._state.get('why')})")
+    assert compiled_loop(torch.zeros(1)) and compiled_loop(torch.zeros(1, dtype=torch.float64))
+    assert not compiled_loop(torch.zeros(1, dtype=torch.bfloat16))
+
+
+def test_a_second_process_loads_the_build_instead_of_compiling(tmp_path):
+    if not cpu_ext.available():
+        pytest.skip(f"the compiled CPU loop is not available here ({cpu_ext._state.get('why')})")
+    code = ("import time; t = time.perf_counter(); from kernels import cpu_ext; ok = cpu_ext.available(); "
+            "print(ok, time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=600)
+    ok, seconds = out.stdout.split()
+    assert ok == "True" and float(seconds) < 10, out.stdout  # a build takes tens of seconds; a load, a fraction
