@@ -13,25 +13,34 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-// One mask: a pointer and its time stride (0 for a sequence mask (B, H), B*H for a step mask (T, B, H)).
+// One mask as rows: row(t, b) is its H values for batch row b at step t. An absent mask reads a row of
+// its neutral value (1 for dropout masks, 0 for zoneout), so the inner loops have no branches and
+// vectorise; ``on`` says whether it is present (to skip whole passes where that pays).
 template <typename T>
 struct Mask {
-  const T* p = nullptr;
-  int64_t stride = 0;
-  Mask(const OptTensor& m, int64_t BH) {
+  const T* p;
+  int64_t t_stride = 0, b_stride = 0;
+  bool on = false;
+  std::vector<T> neutral;
+  Mask(const OptTensor& m, int64_t B, int64_t H, T fill) {
     if (m.has_value() && m->defined()) {
       p = m->data_ptr<T>();
-      stride = m->dim() == 2 ? 0 : BH;
+      t_stride = m->dim() == 2 ? 0 : B * H;
+      b_stride = H;
+      on = true;
+    } else {
+      neutral.assign(H, fill);
+      p = neutral.data();
     }
   }
-  bool on() const { return p != nullptr; }
-  const T* at(int64_t t) const { return p + t * stride; }
+  const T* row(int64_t t, int64_t b) const { return p + t * t_stride + b * b_stride; }
 };
 
 // x @ w.T for x (M, K): oneDNN's linear on a weight packed by mkldnn::_reorder_linear_weight, else at::mm.
@@ -63,12 +72,6 @@ inline T lerp(T start, T end, T w) {
   return std::abs(w) < T(0.5) ? start + w * (end - start) : end - (end - start) * (T(1) - w);
 }
 
-// A mask's row b at step t, or nullptr.
-template <typename T>
-inline const T* row_of(const Mask<T>& m, int64_t t, int64_t b, int64_t H) {
-  return m.on() ? m.at(t) + b * H : nullptr;
-}
-
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, const Tensor& c0, const Tensor& w,
                                                 const OptTensor& packed, const OptTensor& rec, const OptTensor& cu,
@@ -79,7 +82,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, 
   auto tcs = at::empty({T_, B, H}, gates.options());
   cs[0].copy_(c0);
   const Tensor w_t = w.t();
-  Mask<T> m_rec(rec, BH), m_cu(cu, BH), m_cell(cell, BH), m_zh(zh, BH), m_zc(zc, BH);
+  const Mask<T> m_rec(rec, B, H, T(1)), m_cu(cu, B, H, T(1)), m_cell(cell, B, H, T(1));
+  const Mask<T> m_zh(zh, B, H, T(0)), m_zc(zc, B, H, T(0));
   auto hr = at::empty({B, H}, gates.options());
   Tensor h = h0.contiguous();
   T* G = gates.data_ptr<T>();
@@ -89,11 +93,13 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, 
   for (int64_t t = 0; t < T_; ++t) {
     const T* hp = h.data_ptr<T>();
     Tensor h_in = h;
-    if (m_rec.on()) {
+    if (m_rec.on) {
       T* out = hr.data_ptr<T>();
       rows(B, H, [&](int64_t b) {
-        const T* r = row_of(m_rec, t, b, H);
-        for (int64_t j = 0; j < H; ++j) out[b * H + j] = hp[b * H + j] * r[j];
+        const T* r = m_rec.row(t, b);
+        T* o = out + b * H;
+        const T* x = hp + b * H;
+        for (int64_t j = 0; j < H; ++j) o[j] = x[j] * r[j];
       });
       h_in = hr;
     }
@@ -103,8 +109,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, 
     // Pre-activations, the g block doubled so that one sigmoid activates all four gates
     // (tanh(x) = 2 sigmoid(2x) - 1).
     rows(B, H4, [&](int64_t b) {
-      T* zr = z + b * H4;
-      const T* yr = Y + b * H4;
+      T* __restrict__ zr = z + b * H4;
+      const T* __restrict__ yr = Y + b * H4;
       for (int64_t k = 0; k < 2 * H; ++k) zr[k] += yr[k];
       for (int64_t k = 2 * H; k < 3 * H; ++k) zr[k] = T(2) * (zr[k] + yr[k]);
       for (int64_t k = 3 * H; k < H4; ++k) zr[k] += yr[k];
@@ -113,31 +119,29 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, 
     z_t.sigmoid_();
     const T* cp = CS + t * BH;
     T* cn = CS + (t + 1) * BH;
-    T* tc = TC + t * BH;
     rows(B, H, [&](int64_t b) {
-      T* zr = z + b * H4;
-      const T *cu_r = row_of(m_cu, t, b, H), *cell_r = row_of(m_cell, t, b, H);
+      T* __restrict__ zr = z + b * H4;
+      const T *__restrict__ cu_r = m_cu.row(t, b), *__restrict__ cell_r = m_cell.row(t, b),
+              *__restrict__ c_old = cp + b * H;
+      T* __restrict__ c_new = cn + b * H;
       for (int64_t j = 0; j < H; ++j) {
         const T g = zr[2 * H + j] * T(2) - T(1);
         zr[2 * H + j] = g;
-        const T gm = cu_r ? g * cu_r[j] : g;
-        T c = zr[H + j] * cp[b * H + j] + zr[j] * gm;
-        if (cell_r) c *= cell_r[j];
-        cn[b * H + j] = c;
+        c_new[j] = (zr[H + j] * c_old[j] + zr[j] * (g * cu_r[j])) * cell_r[j];
       }
     });
     Tensor tc_t = tcs[t];
     at::tanh_out(tc_t, cs[t + 1]);
+    const T* tc = TC + t * BH;
     T* hn = HS + t * BH;
     rows(B, H, [&](int64_t b) {
-      const T* zr = z + b * H4;
-      const T *zc_r = row_of(m_zc, t, b, H), *zh_r = row_of(m_zh, t, b, H);
+      const T* __restrict__ o = z + b * H4 + 3 * H;
+      const T *__restrict__ zc_r = m_zc.row(t, b), *__restrict__ zh_r = m_zh.row(t, b);
+      const T *__restrict__ c_old = cp + b * H, *__restrict__ h_old = hp + b * H, *__restrict__ tcr = tc + b * H;
+      T *__restrict__ c_new = cn + b * H, *__restrict__ h_new = hn + b * H;
       for (int64_t j = 0; j < H; ++j) {
-        const int64_t k = b * H + j;
-        T hv = zr[3 * H + j] * tc[k];
-        if (zc_r) cn[k] = lerp(cn[k], cp[k], zc_r[j]);
-        if (zh_r) hv = lerp(hv, hp[k], zh_r[j]);
-        hn[k] = hv;
+        c_new[j] = lerp(c_new[j], c_old[j], zc_r[j]);
+        h_new[j] = lerp(o[j] * tcr[j], h_old[j], zh_r[j]);
       }
     });
     h = hs[t];
@@ -156,7 +160,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& d_hs_in, const Te
   auto dZ = at::empty_like(gates);
   Tensor dh = (d_hT + d_hs[T_ - 1]).contiguous();
   auto dc = d_cT.contiguous().clone();
-  Mask<T> m_rec(rec, BH), m_cu(cu, BH), m_cell(cell, BH), m_zh(zh, BH), m_zc(zc, BH);
+  const Mask<T> m_rec(rec, B, H, T(1)), m_cu(cu, B, H, T(1)), m_cell(cell, B, H, T(1));
+  const Mask<T> m_zh(zh, B, H, T(0)), m_zc(zc, B, H, T(0));
   const T* G = gates.data_ptr<T>();
   const T* CS = cs.data_ptr<T>();
   const T* TC = tcs.data_ptr<T>();
@@ -165,44 +170,40 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& d_hs_in, const Te
   T* DC = dc.data_ptr<T>();
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const T* z = G + t * B * H4;
-    const T* tc = TC + t * BH;
-    const T* cp = CS + t * BH;
     T* dz = DZ + t * B * H4;
     const T* DH = dh.data_ptr<T>();
     rows(B, H4, [&](int64_t b) {
-      const T* zr = z + b * H4;
-      T* dr = dz + b * H4;
-      const T *zh_r = row_of(m_zh, t, b, H), *zc_r = row_of(m_zc, t, b, H);
-      const T *cell_r = row_of(m_cell, t, b, H), *cu_r = row_of(m_cu, t, b, H);
+      const T *__restrict__ zr = z + b * H4, *__restrict__ tcr = TC + t * BH + b * H,
+              *__restrict__ c_old = CS + t * BH + b * H, *__restrict__ dhr = DH + b * H;
+      const T *__restrict__ zh_r = m_zh.row(t, b), *__restrict__ zc_r = m_zc.row(t, b),
+              *__restrict__ cell_r = m_cell.row(t, b), *__restrict__ cu_r = m_cu.row(t, b);
+      T* __restrict__ dr = dz + b * H4;
+      T* __restrict__ dcr = DC + b * H;
       for (int64_t j = 0; j < H; ++j) {
-        const int64_t k = b * H + j;
-        const T i = zr[j], f = zr[H + j], g = zr[2 * H + j], o = zr[3 * H + j], tk = tc[k];
-        const T keep_h = zh_r ? T(1) - zh_r[j] : T(1);
-        const T cellm = cell_r ? cell_r[j] : T(1);
-        const T cum = cu_r ? cu_r[j] : T(1);
-        const T A = (zc_r ? T(1) - zc_r[j] : T(1)) * cellm;
-        const T dhk = DH[k];
-        const T dcn = dhk * (o * (T(1) - tk * tk) * keep_h * cellm) + A * DC[k];
+        const T i = zr[j], f = zr[H + j], g = zr[2 * H + j], o = zr[3 * H + j], tk = tcr[j];
+        const T keep_h = T(1) - zh_r[j], cellm = cell_r[j], cum = cu_r[j];
+        const T dhk = dhr[j];
+        const T dcn = dhk * (o * (T(1) - tk * tk) * keep_h * cellm) + (T(1) - zc_r[j]) * cellm * dcr[j];
         dr[3 * H + j] = dhk * (tk * o * (T(1) - o) * keep_h);
         dr[j] = dcn * (g * cum) * (i * (T(1) - i));
-        dr[H + j] = dcn * cp[k] * (f * (T(1) - f));
+        dr[H + j] = dcn * c_old[j] * (f * (T(1) - f));
         dr[2 * H + j] = dcn * (i * (T(1) - g * g)) * cum;
-        DC[k] = zc_r ? dcn * f + zc_r[j] * DC[k] : dcn * f;
+        dcr[j] = dcn * f + zc_r[j] * dcr[j];
       }
     });
     Tensor dh_prev = product(dZ[t], w, packed_t).contiguous();
     T* P = dh_prev.data_ptr<T>();
     const T* dnext = t > 0 ? DHS + (t - 1) * BH : nullptr;
-    if (m_rec.on() || m_zh.on() || dnext) {
+    if (m_rec.on || m_zh.on || dnext) {
       rows(B, H, [&](int64_t b) {
-        const T *rec_r = row_of(m_rec, t, b, H), *zh_r = row_of(m_zh, t, b, H);
-        for (int64_t j = 0; j < H; ++j) {
-          const int64_t k = b * H + j;
-          T v = P[k];
-          if (rec_r) v *= rec_r[j];
-          if (zh_r) v += zh_r[j] * DH[k];
-          if (dnext) v += dnext[k];
-          P[k] = v;
+        const T *__restrict__ rec_r = m_rec.row(t, b), *__restrict__ zh_r = m_zh.row(t, b),
+                *__restrict__ dhr = DH + b * H;
+        T* __restrict__ pr = P + b * H;
+        if (dnext) {
+          const T* nr = dnext + b * H;
+          for (int64_t j = 0; j < H; ++j) pr[j] = pr[j] * rec_r[j] + zh_r[j] * dhr[j] + nr[j];
+        } else {
+          for (int64_t j = 0; j < H; ++j) pr[j] = pr[j] * rec_r[j] + zh_r[j] * dhr[j];
         }
       });
     }
