@@ -103,9 +103,9 @@ def usable(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and available()
 
 
-def forward(gates, h0, c0, w_hh, packed, masks):
-    """hs, cs, tcs as ``kernels.reference._forward_loop``; ``gates`` is activated in place."""
-    return torch.ops.dropout_probe.lstm_fw(gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), packed,
+def forward(gates, h0, c0, w_hh, packed, masks, bias=None):
+    """hs, cs, tcs as ``kernels.reference._forward_loop`` on ``gates + bias``; ``gates`` is activated in place."""
+    return torch.ops.dropout_probe.lstm_fw(gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), packed, bias,
                                            *(None if m is None else m.contiguous() for m in masks))
 
 

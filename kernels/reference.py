@@ -196,10 +196,12 @@ def _packed(w, B: int, H: int):
     return PackedWeight(w, B).packed if _onednn_products(H) else None
 
 
-def _forward(gates, h0, c0, w_hh, masks):
-    """``_forward_loop``, on the compiled CPU loop where it serves (``kernels.cpu_ext``)."""
+def _forward(gates, h0, c0, w_hh, masks, bias=None):
+    """``_forward_loop`` on ``gates + bias``, on the compiled CPU loop where it serves (``kernels.cpu_ext``)."""
     if compiled_loop(gates):
-        return cpu_ext.forward(gates, h0, c0, w_hh, _packed(w_hh, gates.shape[1], h0.shape[-1]), masks)
+        return cpu_ext.forward(gates, h0, c0, w_hh, _packed(w_hh, gates.shape[1], h0.shape[-1]), masks, bias)
+    if bias is not None:
+        gates += bias
     return _forward_loop(gates, h0, c0, w_hh, masks)
 
 
@@ -264,14 +266,9 @@ class _ProjectedMaskedLSTM(torch.autograd.Function):
         T, B, _ = x.shape
         H4 = w_ih.shape[0]
         x_flat = x.reshape(T * B, -1)
-        if _mm_products(gates_like=x, H=H4 // 4):
-            gates = torch.addmm(bias, x_flat, w_ih.t()) if bias is not None else torch.mm(x_flat, w_ih.t())
-        else:
-            gates = mm_t(x_flat, w_ih)
-            if bias is not None:
-                gates += bias
+        gates = torch.mm(x_flat, w_ih.t()) if _mm_products(gates_like=x, H=H4 // 4) else mm_t(x_flat, w_ih)
         gates = gates.view(T, B, H4)
-        hs, cs, tcs = _forward(gates, h0, c0, w_hh, masks)
+        hs, cs, tcs = _forward(gates, h0, c0, w_hh, masks, bias)  # the bias is added step by step
         ctx.save_for_backward(x, w_ih, h0, w_hh, gates, cs, tcs, hs, *masks)
         ctx.has_bias = bias is not None
         return hs, hs[-1].clone(), cs[-1].clone()

@@ -74,7 +74,8 @@ inline T lerp(T start, T end, T w) {
 
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, const Tensor& c0, const Tensor& w,
-                                                const OptTensor& packed, const OptTensor& rec, const OptTensor& cu,
+                                                const OptTensor& packed, const OptTensor& bias, const OptTensor& rec,
+                                                const OptTensor& cu,
                                                 const OptTensor& cell, const OptTensor& zh, const OptTensor& zc) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H4 = gates.size(2), H = H4 / 4, BH = B * H;
   auto hs = at::empty({T_, B, H}, gates.options());
@@ -86,6 +87,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, 
   const Mask<T> m_zh(zh, B, H, T(0)), m_zc(zc, B, H, T(0));
   auto hr = at::empty({B, H}, gates.options());
   Tensor h = h0.contiguous();
+  // The input projection's bias, added here rather than broadcast over all T*B rows beforehand (a pass less).
+  const Tensor b_all = bias.has_value() && bias->defined() ? bias->contiguous() : at::zeros({H4}, gates.options());
+  const T* __restrict__ BIAS = b_all.data_ptr<T>();
   T* G = gates.data_ptr<T>();
   T* HS = hs.data_ptr<T>();
   T* CS = cs.data_ptr<T>();
@@ -111,9 +115,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, 
     rows(B, H4, [&](int64_t b) {
       T* __restrict__ zr = z + b * H4;
       const T* __restrict__ yr = Y + b * H4;
-      for (int64_t k = 0; k < 2 * H; ++k) zr[k] += yr[k];
-      for (int64_t k = 2 * H; k < 3 * H; ++k) zr[k] = T(2) * (zr[k] + yr[k]);
-      for (int64_t k = 3 * H; k < H4; ++k) zr[k] += yr[k];
+      for (int64_t k = 0; k < 2 * H; ++k) zr[k] += yr[k] + BIAS[k];
+      for (int64_t k = 2 * H; k < 3 * H; ++k) zr[k] = T(2) * (zr[k] + yr[k] + BIAS[k]);
+      for (int64_t k = 3 * H; k < H4; ++k) zr[k] += yr[k] + BIAS[k];
     });
     Tensor z_t = gates[t];
     z_t.sigmoid_();
@@ -226,13 +230,14 @@ void check_masks(std::initializer_list<const OptTensor*> masks, at::ScalarType d
 }
 
 std::tuple<Tensor, Tensor, Tensor> lstm_fw(Tensor gates, const Tensor& h0, const Tensor& c0, const Tensor& w,
-                                           const OptTensor& packed, const OptTensor& rec, const OptTensor& cu,
-                                           const OptTensor& cell, const OptTensor& zh, const OptTensor& zc) {
+                                           const OptTensor& packed, const OptTensor& bias, const OptTensor& rec,
+                                           const OptTensor& cu, const OptTensor& cell, const OptTensor& zh,
+                                           const OptTensor& zc) {
   check(gates, "gates");
   check_masks({&rec, &cu, &cell, &zh, &zc}, gates.scalar_type());
   at::NoGradGuard no_grad;
   return AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_fw", [&] {
-    return forward_impl<scalar_t>(gates, h0, c0, w, packed, rec, cu, cell, zh, zc);
+    return forward_impl<scalar_t>(gates, h0, c0, w, packed, bias, rec, cu, cell, zh, zc);
   });
 }
 
@@ -256,8 +261,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_bw(const Tensor& d_hs, const Tensor& d_h
 // Registered as catch-all kernels: the packed weight is an MkldnnCPU tensor, which would otherwise make the
 // dispatcher look for an MkldnnCPU kernel. Autograd is the caller's (kernels/reference.py's Function).
 TORCH_LIBRARY(dropout_probe, m) {
-  m.def("lstm_fw(Tensor gates, Tensor h0, Tensor c0, Tensor w, Tensor? packed, Tensor? rec, Tensor? cu, "
-        "Tensor? cell, Tensor? zh, Tensor? zc) -> (Tensor, Tensor, Tensor)",
+  m.def("lstm_fw(Tensor gates, Tensor h0, Tensor c0, Tensor w, Tensor? packed, Tensor? bias, Tensor? rec, "
+        "Tensor? cu, Tensor? cell, Tensor? zh, Tensor? zc) -> (Tensor, Tensor, Tensor)",
         &lstm_fw);
   m.def("lstm_bw(Tensor d_hs, Tensor d_hT, Tensor d_cT, Tensor w, Tensor? packed_t, Tensor gates, Tensor cs, "
         "Tensor tcs, Tensor? rec, Tensor? cu, Tensor? cell, Tensor? zh, Tensor? zc) -> (Tensor, Tensor, Tensor)",
