@@ -38,11 +38,11 @@ def lstm_bw_kernel(
     w_ptr,  # (4H, H) recurrent weight
     gates_ptr,  # (T, B, 4H) activated gates saved by the forward
     tanhc_ptr,  # (T, B, H) tanh of the masked new cell, saved by the forward
-    c_ptr,  # (T+1, B, H) cell state entering each step, saved by the forward
+    c_ptr,  # (T+1, B, H) cell state entering each step, saved by the forward (float32 for 16-bit storage)
     dhs_ptr,  # (T, B, H) gradient of the outputs hs
     dz_ptr,  # (T, B, 4H) out: gradient of the pre-activations (= d gx)
-    dh_ptr,  # (B, H) in: d h_T; carries dh_t between steps; out: d h0
-    dc_ptr,  # (B, H) in: d c_T; carries dc between steps; out: d c0
+    dh_ptr,  # (B, H) in: d h_T; carries dh_t between steps; out: d h0 (float32 for 16-bit storage)
+    dc_ptr,  # (B, H) in: d c_T; carries dc between steps; out: d c0 (likewise)
     rec_ptr,  # masks: (B, H) sequence or (T, B, H) step scope; any pointer when absent
     cu_ptr,
     cell_ptr,
@@ -96,21 +96,21 @@ def lstm_bw_kernel(
             dh = tl.load(dh_ptr + off, mask=mask, other=0.0).to(CT)  # d h_{t+1} in total, or d h_T
             if t < T - 1:
                 # Through step t+1's recurrent product: (dz_{t+1} @ W)[rows, units],
-                # K running over the 4H pre-activations, gate by gate.
+                # K running over all 4H pre-activations in one loop: a dz row and
+                # W's rows are contiguous over the four gates, and one load pair
+                # per chunk (not one per gate) keeps sm_90 builds from spilling.
                 acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=CT)
                 dz_next = dz_ptr + (t + 1) * 4 * BH
-                dz_off0 = rows[:, None] * (4 * H) + kk[None, :]  # (BLOCK_B, BLOCK_K) into dz, gate i, k0 = 0
+                dz_off0 = rows[:, None] * (4 * H) + kk[None, :]  # (BLOCK_B, BLOCK_K) into dz, k0 = 0
                 w_off0 = kk[:, None] * H + units[None, :]  # (BLOCK_K, BLOCK_H) into W, row k0 = 0
-                for k0 in range(0, H, BLOCK_K):
-                    k_ok = kk < H - k0
-                    dz_mask = row_ok[:, None] & k_ok[None, :]
-                    w_mask = k_ok[:, None] & unit_ok[None, :]
-                    for q in tl.static_range(4):
-                        dzk = tl.load(
-                            dz_next + q * H + k0 + dz_off0, mask=dz_mask, other=0.0, cache_modifier=LOAD_CACHE
-                        )
-                        wk = tl.load(w_ptr + (q * H + k0) * H + w_off0, mask=w_mask, other=0.0)
-                        acc = _mm(dzk, wk, acc, USE_DOT, PRECISION)
+                for k0 in range(0, 4 * H, BLOCK_K):
+                    k_ok = kk < 4 * H - k0
+                    dzk = tl.load(
+                        dz_next + k0 + dz_off0, mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                        cache_modifier=LOAD_CACHE,
+                    )  # fmt: skip
+                    wk = tl.load(w_ptr + k0 * H + w_off0, mask=k_ok[:, None] & unit_ok[None, :], other=0.0)
+                    acc = _mm(dzk, wk, acc, USE_DOT, PRECISION)
                 if HAS_REC:
                     acc = acc * tl.load(rec_ptr + (t + 1) * rec_ts + off, mask=mask, other=0.0).to(CT)
                 if HAS_ZH:

@@ -77,7 +77,7 @@ def _grid_barrier(count_ptr, target):
 def lstm_fw_kernel(
     gx_ptr,  # (T, B, 4H) input projection for every step, gates i, f, g, o
     w_ptr,  # (4H, H) recurrent weight
-    h_ptr,  # (T+1, B, H) h entering step t at [t]: [0] holds h0, [t+1] is written here
+    h_ptr,  # (T+1, B, H) h entering step t at [t]: [0] holds h0, [t+1] is written here (float32 for 16-bit gx)
     c_ptr,  # (T+1, B, H) the same for the cell state
     gates_ptr,  # (T, B, 4H) out: activated gates, for the backward (only if SAVE)
     tanhc_ptr,  # (T, B, H) out: tanh of the masked new cell, for the backward (only if SAVE)
@@ -144,6 +144,8 @@ def lstm_fw_kernel(
                 hk = tl.load(h_prev_ptr + hk_off, mask=hk_mask, other=0.0, cache_modifier=LOAD_CACHE)
                 if HAS_REC:
                     hk = hk * tl.load(rec_ptr + t * rec_ts + hk_off, mask=hk_mask, other=0.0)
+                # The carried h is float32 for 16-bit storage; the product's operands share W's dtype.
+                hk = hk.to(w_ptr.dtype.element_ty)
                 w_off = w_off0 + k0
                 w_mask = k_ok[:, None] & unit_ok[None, :]
                 acc_i = _mm(hk, tl.load(w_ptr + w_off, mask=w_mask, other=0.0), acc_i, USE_DOT, PRECISION)

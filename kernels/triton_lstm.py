@@ -14,10 +14,17 @@ Two launch modes, one kernel each way:
   barrier. This is what the CPU tests run under the interpreter.
 - persistent (``persistent=True`` or DROPOUT_PROBE_TRITON_PERSISTENT=1): one
   launch for the whole sequence, at most one program per SM, a grid barrier
-  between steps. Under the interpreter programs run one after another, so a
+  between steps, launched as a cooperative grid where Triton supports it (a
+  grid that cannot be resident at once then fails to launch instead of
+  hanging). Under the interpreter programs run one after another, so a
   barrier across programs would never open: there the persistent launch
   uses a single program, which tests its arithmetic and tile loop but not
   the barrier.
+
+With bfloat16 or float16 storage the state carried from step to step (h and
+c in the forward, dh and dc in the backward) is kept in float32, so rounding
+does not compound over T; hs, h_T, c_T and the gradients come back in the
+storage dtype.
 """
 
 from __future__ import annotations
@@ -35,10 +42,28 @@ from .contract import RecurrentMasks
 from .triton_bw import lstm_bw_kernel
 from .triton_fw import lstm_fw_kernel
 
-__all__ = ["LaunchConfig", "SUPPORTED_DTYPES", "interpreted", "kernel_constexprs", "launch_config", "lstm_layer_triton"]
+__all__ = [
+    "LaunchConfig", "SUPPORTED_DTYPES", "interpreted", "kernel_constexprs", "launch_config", "lstm_layer_triton",
+    "state_dtype",
+]  # fmt: skip
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 PERSISTENT_ENV = "DROPOUT_PROBE_TRITON_PERSISTENT"
+PRECISION_ENV = "DROPOUT_PROBE_TRITON_PRECISION"
+PRECISIONS = ("ieee", "tf32")
+PTXAS_DEFAULTS_ENV = "DROPOUT_PROBE_TRITON_PTXAS_DEFAULTS"  # "1": leave ptxas's register allocation alone
+# By default ptxas caps a kernel's registers at an occupancy step (72, 80, 96,
+# 128, 168 registers with 128 threads) and spills 4-32 bytes to stay there,
+# trading local-memory loads for more resident blocks per SM. These grids
+# seldom have more than one program per SM (B = 20: at most 94 tiles; a
+# persistent grid never does), so that occupancy buys nothing. Usage level 3
+# (of 0-10, default 5) stops most of it in per-step kernels; persistent ones with
+# tensor-core (or float64) products also get ``maxnreg=255`` (a .maxnreg
+# directive, which unlike ptxas -maxrregcount lifts the occupancy target).
+# Not the float32 "ieee" ones: given more registers, ptxas fills any cap and
+# spills there. docs/kernels.md has the compile check's counts; the effect on
+# speed is for a GPU to measure (scripts/gpu_check.py times both settings).
+PTXAS_OPTIONS = "--register-usage-level=3"
 
 # Test hook: when True, every buffer the kernels are supposed to write is
 # allocated full of NaN, so an element a kernel forgets shows up in the result.
@@ -52,6 +77,55 @@ def interpreted() -> bool:
     return type(lstm_fw_kernel).__name__ == "InterpretedFunction"
 
 
+@lru_cache(maxsize=None)
+def _cuda_option(name: str) -> bool:
+    """Whether the installed Triton's CUDA backend takes launch option ``name``."""
+    if interpreted():
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return name in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+def cooperative_launch_supported() -> bool:
+    """Whether Triton's CUDA launcher takes ``launch_cooperative_grid`` (3.6 does)."""
+    return _cuda_option("launch_cooperative_grid")
+
+
+@lru_cache(maxsize=None)
+def _ptxas_knows_usage_level() -> bool:
+    """Whether the ptxas Triton runs for sm_90 knows --register-usage-level (CUDA >= 12.8)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return tuple(int(x) for x in str(get_ptxas(90).version).split(".")[:2]) >= (12, 8)
+    except Exception:  # noqa: BLE001 - any other Triton layout: leave ptxas alone
+        return False
+
+
+def register_options(persistent: bool, fma_products: bool = False) -> dict:
+    """Launch options that keep ptxas from spilling to reach an occupancy step (see PTXAS_OPTIONS); {} if none.
+
+    fma_products: float32 "ieee" products (no tensor cores), which get no maxnreg.
+    """
+    if interpreted() or os.environ.get(PTXAS_DEFAULTS_ENV) == "1":
+        return {}
+    out = {}
+    if _cuda_option("ptx_options") and _ptxas_knows_usage_level():
+        theirs = os.environ.get("PTXAS_OPTIONS", "").strip()  # what Triton passes when given no ptx_options
+        out["ptx_options"] = f"{theirs} {PTXAS_OPTIONS}".strip()
+    if persistent and not fma_products and _cuda_option("maxnreg"):
+        out["maxnreg"] = 255
+    return out
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the carried state (h, c; dh, dc): float32 for 16-bit storage, else the storage dtype."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the kernels are launched; every field is a compile-time constant of the kernels."""
@@ -62,7 +136,32 @@ class LaunchConfig:
     num_warps: int
     num_stages: int  # software pipelining depth of the K loop
     persistent: bool  # one launch per sequence with a grid barrier, or one launch per step
-    precision: str  # tl.dot input_precision for float32: "ieee" or "tf32"
+    precision: str  # tl.dot input_precision for float32 products: "ieee" or "tf32" (unused for other dtypes)
+
+
+def default_precision(device: torch.device) -> str:
+    """float32 product precision when none is given: $DROPOUT_PROBE_TRITON_PRECISION, else cuDNN's choice.
+
+    On CUDA that is what torch.nn.LSTM gets for float32 (cuDNN's RNN switch,
+    TF32 by default), so the two are compared like for like; elsewhere
+    (the interpreter) "ieee".
+    """
+    env = os.environ.get(PRECISION_ENV)
+    if env:
+        if env not in PRECISIONS:
+            raise ValueError(f"{PRECISION_ENV} must be 'ieee' or 'tf32'; got {env!r}")
+        return env
+    if device.type != "cuda":
+        return "ieee"
+    # Newer torch (2.13 here): per-backend settings, "none" inheriting from the
+    # level above (cudnn.rnn -> cudnn -> backends), "none" at the top meaning
+    # IEEE. Older torch has only the flag. (Reading the flag can raise once
+    # both APIs were used, so it is read only where the settings are missing.)
+    chain = (getattr(torch.backends.cudnn, "rnn", None), torch.backends.cudnn, torch.backends)
+    settings = [getattr(level, "fp32_precision", None) for level in chain]
+    if settings[0] is None:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return next((v for v in settings if v in PRECISIONS), "ieee")
 
 
 def launch_config(
@@ -78,23 +177,22 @@ def launch_config(
     if persistent is None:
         persistent = os.environ.get(PERSISTENT_ENV) == "1"
     if precision is None:
-        # Follow torch's own switch for float32 products (torch.set_float32_matmul_precision).
-        precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-    if precision not in ("ieee", "tf32"):
+        precision = default_precision(device)
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'ieee' or 'tf32'; got {precision!r}")
     if dtype == torch.float64:
         # Broadcast-and-sum products (no tl.dot): keep the (B, K, H) product small.
-        return LaunchConfig(min(16, triton.next_power_of_2(B)), 16, 8, 4, 2, persistent, precision)
+        return LaunchConfig(min(16, triton.next_power_of_2(B)), 16, 4, 4, 2, persistent, precision)
     block_b = min(64, max(16, triton.next_power_of_2(B)))  # tl.dot needs >= 16 rows
-    # Small unit tiles spread the reads of W_hh over many SMs. Block sizes,
-    # warps and stages were chosen so that sm_90 builds do not spill registers
-    # (checked offline with ptxas); they are not tuned on a GPU yet. The
-    # interpreter uses a small K chunk so that the tests run the reduction
-    # loop several times.
-    block_h = 16 if B <= 64 else 32
+    # Small unit tiles spread the reads of W_hh over many SMs. At most 4
+    # elements of a tile per thread (8 warps for 64 rows) keeps sm_90 builds
+    # below the 255-register cap: 64 x 32 tiles made the backward spill
+    # hundreds of bytes there (python -m kernels.compile_check; what it still
+    # reports is in docs/kernels.md). Not tuned on a GPU yet. The interpreter
+    # uses a small K chunk so that the tests run the reduction loop several times.
     block_k = 16 if interpreted() else 32
-    num_warps = 8 if block_b * block_h >= 2048 else 4
-    return LaunchConfig(block_b, block_h, block_k, num_warps, 2, persistent, precision)
+    num_warps = 8 if block_b == 64 else 4
+    return LaunchConfig(block_b, 16, block_k, num_warps, 2, persistent, precision)
 
 
 def _check_supported(gx: torch.Tensor) -> None:
@@ -139,10 +237,16 @@ def _n_programs(B: int, H: int, cfg: LaunchConfig, device: torch.device) -> int:
     return min(n_tiles, _sm_count(device.index if device.index is not None else torch.cuda.current_device()))
 
 
-def _new_buffer(shape, like: torch.Tensor) -> torch.Tensor:
+def _new_buffer(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    dtype = like.dtype if dtype is None else dtype
     if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def _launch(kernel, n_programs: int, args: tuple, constexprs: dict) -> None:
+    """Every kernel launch goes through here: kernels/compile_check.py intercepts it to see what a launch passes."""
+    kernel[(n_programs,)](*args, **constexprs)
 
 
 def _mask_args(masks, dummy: torch.Tensor, BH: int):
@@ -154,7 +258,10 @@ def _mask_args(masks, dummy: torch.Tensor, BH: int):
 
 
 def kernel_constexprs(cfg: LaunchConfig, dtype: torch.dtype) -> dict:
-    """The compile-time arguments both kernels share (masks flags and SAVE aside)."""
+    """The compile-time arguments and launch options both kernels share (masks flags and SAVE aside)."""
+    # A cooperative launch of a grid that cannot be resident at once fails
+    # (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE) instead of spinning forever at the barrier.
+    cooperative = dict(launch_cooperative_grid=True) if cfg.persistent and cooperative_launch_supported() else {}
     return dict(
         SYNC=cfg.persistent,
         LOAD_CACHE=".cg" if cfg.persistent else "",
@@ -166,19 +273,22 @@ def kernel_constexprs(cfg: LaunchConfig, dtype: torch.dtype) -> dict:
         BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **cooperative,
+        **register_options(cfg.persistent, dtype == torch.float32 and cfg.precision == "ieee"),
     )
 
 
 def lstm_forward(gx, h0, c0, w_hh, masks: RecurrentMasks, cfg: LaunchConfig, save: bool):
     """Run the forward kernel. Returns h (T+1, B, H), c (T+1, B, H), gates, tanh(c).
 
-    h[0], c[0] are h0, c0; h[1:] is hs. gates (T, B, 4H) and tanh(c) (T, B, H)
-    are what the backward reads; None unless ``save``.
+    h[0], c[0] are h0, c0; h[1:] is hs; both in ``state_dtype``. gates
+    (T, B, 4H) and tanh(c) (T, B, H), in gx's dtype, are what the backward
+    reads; None unless ``save``.
     """
     T, B, H4 = gx.shape
     H = H4 // 4
-    h = _new_buffer((T + 1, B, H), gx)
-    c = _new_buffer((T + 1, B, H), gx)
+    h = _new_buffer((T + 1, B, H), gx, state_dtype(gx.dtype))
+    c = _new_buffer((T + 1, B, H), gx, state_dtype(gx.dtype))
     h[0] = h0
     c[0] = c0
     gates = _new_buffer((T, B, H4), gx) if save else None
@@ -190,11 +300,12 @@ def lstm_forward(gx, h0, c0, w_hh, masks: RecurrentMasks, cfg: LaunchConfig, sav
     constexprs = dict(**flags, SAVE=save, **kernel_constexprs(cfg, gx.dtype))
 
     def launch(t0: int, n_steps: int) -> None:
-        lstm_fw_kernel[(n_programs,)](
+        args = (
             gx, w_hh, h, c,
             gx if gates is None else gates, gx if tanhc is None else tanhc,
-            *mask_ptrs, *mask_strides, count, t0, n_steps, B, H, B * H, **constexprs,
+            *mask_ptrs, *mask_strides, count, t0, n_steps, B, H, B * H,
         )  # fmt: skip
+        _launch(lstm_fw_kernel, n_programs, args, constexprs)
 
     if cfg.persistent:
         launch(0, T)
@@ -205,12 +316,14 @@ def lstm_forward(gx, h0, c0, w_hh, masks: RecurrentMasks, cfg: LaunchConfig, sav
 
 
 def lstm_backward(w_hh, h, c, gates, tanhc, masks: RecurrentMasks, d_hs, d_hT, d_cT, cfg, need_w: bool):
-    """Run the backward kernel and the dW_hh product. Returns d gx, d h0, d c0, d w_hh."""
+    """Run the backward kernel and the dW_hh product. Returns d gx, d h0, d c0, d w_hh (gates' dtype)."""
     T, B, H4 = gates.shape
     H = H4 // 4
     dz = _new_buffer((T, B, H4), gates)
-    dh = d_hT.contiguous().clone()  # carries dh between steps; d h0 at the end
-    dc = d_cT.contiguous().clone()
+    # dh carries between steps and ends as d h0; dc likewise. Fresh contiguous
+    # copies (the upstream gradients may be expanded views), in the state dtype.
+    dh = torch.empty((B, H), dtype=h.dtype, device=h.device).copy_(d_hT)
+    dc = torch.empty((B, H), dtype=h.dtype, device=h.device).copy_(d_cT)
     d_hs = d_hs.contiguous()
     mask_ptrs, mask_strides, flags = _mask_args(masks, gates, B * H)
     n_programs = _n_programs(B, H, cfg, gates.device)
@@ -219,10 +332,8 @@ def lstm_backward(w_hh, h, c, gates, tanhc, masks: RecurrentMasks, d_hs, d_hT, d
     constexprs = dict(**flags, **kernel_constexprs(cfg, gates.dtype))
 
     def launch(t0: int, n_steps: int) -> None:
-        lstm_bw_kernel[(n_programs,)](
-            w_hh, gates, tanhc, c, d_hs, dz, dh, dc,
-            *mask_ptrs, *mask_strides, count, t0, n_steps, T, B, H, B * H, **constexprs,
-        )  # fmt: skip
+        args = (w_hh, gates, tanhc, c, d_hs, dz, dh, dc, *mask_ptrs, *mask_strides, count, t0, n_steps, T, B, H, B * H)
+        _launch(lstm_bw_kernel, n_programs, args, constexprs)
 
     # Steps T-1 .. 0, then t = -1, which only carries dh through step 0's product into d h0.
     if cfg.persistent:
@@ -234,9 +345,10 @@ def lstm_backward(w_hh, h, c, gates, tanhc, masks: RecurrentMasks, d_hs, d_hT, d
     d_w = None
     if need_w:
         h_prev = h[:T] if masks.recurrent is None else h[:T] * masks.recurrent
-        # One (4H, T*B) x (T*B, H) product for the whole sequence.
-        d_w = torch.matmul(dz.view(T * B, H4).t(), h_prev.reshape(T * B, H))
-    return dz, dh, dc, d_w
+        # One (4H, T*B) x (T*B, H) product for the whole sequence, in dz's dtype
+        # (cuBLAS accumulates 16-bit products in float32).
+        d_w = torch.matmul(dz.view(T * B, H4).t(), h_prev.reshape(T * B, H).to(dz.dtype))
+    return dz, dh.to(dz.dtype), dc.to(dz.dtype), d_w
 
 
 def _on_device(device: torch.device):
@@ -255,7 +367,8 @@ class _TritonLSTM(torch.autograd.Function):
         if save:
             ctx.cfg = cfg
             ctx.save_for_backward(w_hh, h, c, gates, tanhc, *masks)
-        return h[1:], h[-1].clone(), c[-1].clone()
+        # Outputs in gx's dtype; h_T and c_T are copies so that they do not alias the saved state.
+        return h[1:].to(gx.dtype), h[-1].to(gx.dtype, copy=True), c[-1].to(gx.dtype, copy=True)
 
     @staticmethod
     def backward(ctx, d_hs, d_hT, d_cT):
