@@ -30,8 +30,9 @@ SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cpp"
 DISABLE_ENV = "DROPOUT_PROBE_NO_CPP_EXT"
 DIR_ENV = "DROPOUT_PROBE_EXT_DIR"
 # -march=native: the build is for the machine that runs it (its folder is keyed by the CPU's model and flags),
-# so the fused loops use its vector width (AVX2 and FMA on the machines this was measured on).
-FLAGS = ["-O3", "-march=native"]
+# so the fused loops use its vector width (AVX2 and FMA on the machines this was measured on). -fopenmp:
+# at::parallel_for is inline OpenMP, which without it compiles to a serial loop.
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 _state: dict = {}  # "ok": bool, "why": str
 
@@ -91,7 +92,8 @@ def _load() -> tuple[bool, str]:
         folder = build_dir()
         folder.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(name="dropout_probe_lstm_cpu", sources=[str(SOURCE)], extra_cflags=FLAGS,
-                           build_directory=str(folder), is_python_module=False, verbose=False)
+                           extra_ldflags=["-fopenmp"], build_directory=str(folder), is_python_module=False,
+                           verbose=False)
     except Exception as e:  # a failed build must never stop training: the Python loop computes the same
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         return False, f"building it failed: {first[:200]}"

@@ -75,3 +75,37 @@ def test_a_second_process_loads_the_build_instead_of_compiling(tmp_path):
                          capture_output=True, text=True, timeout=600)
     ok, seconds = out.stdout.split()
     assert ok == "True" and float(seconds) < 10, out.stdout  # a build takes tens of seconds; a load, a fraction
+
+
+def test_rows_split_across_threads_compute_the_same_function(monkeypatch):
+    """From H = 200 the compiled loop gives each thread a block of batch rows; the tests elsewhere run one thread."""
+    if not cpu_ext.available():
+        pytest.skip(f"the compiled CPU loop is not available here ({cpu_ext._state.get('why')})")
+    import kernels.reference
+    from kernels import lstm_layer_from_input
+
+    T, B, H = 4, 5, 200
+    g = torch.Generator().manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_()
+
+    x, w_ih, w_hh, bias = leaf(T, B, H), leaf(4 * H, H, scale=0.05), leaf(4 * H, H, scale=0.05), leaf(4 * H)
+    h0, c0 = leaf(B, H), leaf(B, H)
+    masks = {"recurrent": (torch.rand(T, B, H, generator=g, dtype=torch.float64) > 0.3).double() / 0.7,
+             "cell": (torch.rand(B, H, generator=g, dtype=torch.float64) > 0.3).double() / 0.7,
+             "zoneout_h": torch.rand(T, B, H, generator=g, dtype=torch.float64),
+             "zoneout_c": torch.rand(B, H, generator=g, dtype=torch.float64)}
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        torch.set_num_threads(2)
+        for compiled in (True, False):
+            monkeypatch.setattr(kernels.reference, "USE_COMPILED", compiled)
+            hs, (h, c) = lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, **masks, backend="reference")
+            loss = (hs * hs.detach().cos()).sum() + h.sum() + 2 * c.sum()
+            results.append([hs, h, c, *torch.autograd.grad(loss, [x, w_ih, bias, h0, c0, w_hh])])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -138,11 +138,19 @@ inline void bw_dh_row(T* __restrict__ pr, const T* __restrict__ rec_r, const T* 
   }
 }
 
-// Batch rows are independent through the whole recurrence, so each thread takes a block of rows through
-// all T steps: one fork and join per sequence, not several per step, and every ATen call inside runs on its
-// thread alone (intra-op parallelism is off inside a parallel region).
+// Batch rows are independent through the whole recurrence, so from H = 200 each thread takes a block of rows
+// through all T steps: one fork and join per sequence, and every ATen call inside runs on its thread alone
+// (intra-op parallelism is off inside a parallel region). Below that, halving a step's product makes it
+// less efficient than the fork saves, and the ATen calls share the threads themselves (measured at
+// T=35, B=20 with 2 threads: docs/benchmarks.md).
+constexpr int64_t kSplitRowsFromHidden = 200;
+
 template <typename F>
-void row_blocks(int64_t B, F f) {
+void row_blocks(int64_t B, int64_t H, F f) {
+  if (H < kSplitRowsFromHidden || at::get_num_threads() == 1) {
+    f(0, B);
+    return;
+  }
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { f(b0, b1 - b0); });
 }
 
@@ -167,7 +175,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(Tensor gates, const Tensor& h0, 
   T* HS = hs.data_ptr<T>();
   T* CS = cs.data_ptr<T>();
   T* TC = tcs.data_ptr<T>();
-  row_blocks(B, [&](int64_t b0, int64_t nb) {
+  row_blocks(B, H, [&](int64_t b0, int64_t nb) {
     auto hr = at::empty({nb, H}, gates.options());
     for (int64_t t = 0; t < T_; ++t) {
       const Tensor h_rows = (t == 0 ? h_first : hs[t - 1]).narrow(0, b0, nb);
@@ -220,7 +228,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& d_hs_in, const Te
   const T* DHS = d_hs.data_ptr<T>();
   T* DZ = dZ.data_ptr<T>();
   T* DC = dc.data_ptr<T>();
-  row_blocks(B, [&](int64_t b0, int64_t nb) {
+  row_blocks(B, H, [&](int64_t b0, int64_t nb) {
     Tensor dh = dh_last.narrow(0, b0, nb);
     for (int64_t t = T_ - 1; t >= 0; --t) {
       const T* z = G + t * B * H4;
