@@ -154,12 +154,21 @@ class Manifest:
 
     def verify_all(self, *, repair: bool = True) -> list[str]:
         """Check every file of the folder; return the names that were damaged or unlisted."""
+        names = [p.name for p in sorted(self.folder.iterdir()) if p.is_file() and p.name not in self.ignore
+                 and not p.name.startswith(".")] if self.folder.is_dir() else []  # hidden: locks, temporaries
+        files = self.entries(repair=repair)
+        if names and not files:  # no manifest, or a damaged one: nothing can be verified, said once per folder
+            if repair:
+                why = "its manifest.json is damaged" if files is None else \
+                      "it has no manifest.json (written by an older version, or the manifest was deleted)"
+                moved = [self._move_aside(n, why, quiet=True) for n in names]
+                print(f"run folder {self.folder}: {why}, so none of its {len(names)} files can be verified; "
+                      f"moved them to {moved[0].parent}, recomputing", file=sys.stderr)
+            return names
         bad = []
-        for path in sorted(self.folder.iterdir()) if self.folder.is_dir() else []:
-            if path.name in self.ignore or path.name.startswith("."):
-                continue  # hidden: locks and write_atomic's temporary files
-            if path.is_file() and not self.check(path.name, repair=repair):
-                bad.append(path.name)
+        for name in names:
+            if not self.check(name, repair=repair):
+                bad.append(name)
         if repair:
             files = self.entries() or {}
             gone = [n for n in files if not (self.folder / n).exists()]
@@ -172,7 +181,7 @@ class Manifest:
         for tmp in self.folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
-    def _move_aside(self, name: str, why: str) -> Path:
+    def _move_aside(self, name: str, why: str, *, quiet: bool = False) -> Path:
         dest_dir = self.folder / DAMAGED
         dest_dir.mkdir(exist_ok=True)
         dest = dest_dir / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}"
@@ -181,7 +190,8 @@ class Manifest:
             dest = dest_dir / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}.{n}"
             n += 1
         (self.folder / name).replace(dest)
-        print(f"damaged run file {self.folder / name}: {why}; moved to {dest}, recomputing", file=sys.stderr)
+        if not quiet:
+            print(f"damaged run file {self.folder / name}: {why}; moved to {dest}, recomputing", file=sys.stderr)
         return dest
 
 
