@@ -46,8 +46,8 @@ def interleaved_medians(runs: dict, rounds: int, warmup: int = 3) -> dict[str, f
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
-    """Median milliseconds for one forward+backward of each implementation."""
+def _one_layer(T: int, B: int, H: int):
+    """A generator, an nn.LSTM, its input and upstream gradient, and its weights as leaves for our layer."""
     g = torch.Generator().manual_seed(0)
     lstm = torch.nn.LSTM(H, H)
     x = torch.randn(T, B, H, generator=g, requires_grad=True)
@@ -56,6 +56,12 @@ def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, fl
     w_hh = lstm.weight_hh_l0.detach().clone().requires_grad_()
     bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().clone().requires_grad_()
     h0 = c0 = torch.zeros(B, H)
+    return g, lstm, x, grad_out, w_ih, w_hh, bias, h0, c0
+
+
+def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
+    """Median milliseconds for one forward+backward of each implementation."""
+    g, lstm, x, grad_out, w_ih, w_hh, bias, h0, c0 = _one_layer(T, B, H)
     rec = (torch.rand(B, H, generator=g) > p).float() / (1 - p)
     gx_leaf = linear(x, w_ih, bias).detach().requires_grad_()
 
@@ -108,14 +114,7 @@ MASK_KINDS = (
 def measure_kinds(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
     """Median ms of one layer's forward+backward with its input projection (``lstm_layer_from_input`` on the
     masked recurrence) for each mask kind, beside ``torch.nn.LSTM`` without masks."""
-    g = torch.Generator().manual_seed(0)
-    lstm = torch.nn.LSTM(H, H)
-    x = torch.randn(T, B, H, generator=g, requires_grad=True)
-    grad_out = torch.randn(T, B, H, generator=g)
-    w_ih = lstm.weight_ih_l0.detach().clone().requires_grad_()
-    w_hh = lstm.weight_hh_l0.detach().clone().requires_grad_()
-    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().clone().requires_grad_()
-    h0 = c0 = torch.zeros(B, H)
+    g, lstm, x, grad_out, w_ih, w_hh, bias, h0, c0 = _one_layer(T, B, H)
 
     def mask(scope, zoneout=False):
         shape = (B, H) if scope == "sequence" else (T, B, H)
@@ -160,8 +159,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per implementation (default 30)")
     parser.add_argument(
-        "--shapes", type=_shape, nargs="+", default=[(35, 20, 650), (20, 20, 200)],
-        help="shapes as TxBxH (default: 35x20x650 20x20x200, Zaremba medium and small)",
+        "--shapes", type=_shape, nargs="+", default=None,
+        help="shapes as TxBxH (default: 35x20x650 20x20x200, Zaremba medium and small; with --mask-kinds "
+             "35x20xH for H = 64, 128, 200, 650)",
     )
     parser.add_argument("--masked-lstm", action="store_true",
                         help="time the MaskedLSTM module (no masks; variational masks) against torch.nn.LSTM")
@@ -172,10 +172,11 @@ def main(argv=None) -> None:
                         help="torch intra-op thread counts for --mask-kinds (default 1 2)")
     args = parser.parse_args(argv)
     if args.mask_kinds:
-        shapes = args.shapes if argv and "--shapes" in argv else [(35, 20, h) for h in (64, 128, 200, 650)]
+        shapes = args.shapes or [(35, 20, h) for h in (64, 128, 200, 650)]
         print(f"torch {torch.__version__}, median of {args.rounds} interleaved rounds")
         kinds_table(shapes, args.threads, args.rounds)
         return
+    args.shapes = args.shapes or [(35, 20, 650), (20, 20, 200)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
     if args.masked_lstm:
         print("| T x B x H | implementation | fwd+bwd ms | ratio to torch.nn.LSTM |")
