@@ -1,7 +1,10 @@
 """Runs of a study: a cell (what to train and how to measure it), its cached result, and ``run_cell``.
 
 A cell's results live in its run folder ``<runs_dir>/<run_id>/``
-(``probe.run_folder``): the training files written by ``probe.train`` and one
+(its layout, lock and configuration check are ``probe.run_folder``'s, its
+manifest ``probe.manifest``'s: ``probe.train`` writes the folder and this
+module calls ``probe.train``, so they sit below both; ``RunFolder`` is
+re-exported here): the training files written by ``probe.train`` and one
 ``measure-<id>.csv`` per measurement configuration. Every file is recorded in
 the folder's manifest when written and verified when read, so a result is
 either whole and the one that was written, or it is moved aside and
@@ -34,6 +37,9 @@ from .corpus import Corpus
 from .datasets import corpus_fingerprint, load_corpus
 from .run_folder import RESULT, RunFolder, measure_file
 from .train import RunConfig, RunResult, train
+
+__all__ = ["Cell", "CellResult", "MeasureFn", "RunFolder", "load_cached", "measure_file", "run_cell",
+           "run_cell_safely", "run_folder"]
 
 MeasureFn = Callable[[Any, Corpus, Any, dict], pd.DataFrame]
 
