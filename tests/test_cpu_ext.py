@@ -109,3 +109,12 @@ def test_rows_split_across_threads_compute_the_same_function(monkeypatch):
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_speed_prints_one_row_per_shape_and_thread_count_with_every_mask_kind(capsys):
+    from studies import cpu_speed
+
+    cpu_speed.main(["--mask-kinds", "--rounds", "1", "--shapes", "5x2x8", "6x3x4", "--threads", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 5 x 2 x 8", "| 6 x 3 x 4"))]
+    assert len(rows) == 2
+    assert all(row.count("x (") == len(cpu_speed.MASK_KINDS) for row in rows)
