@@ -56,7 +56,7 @@ class Manifest:
                 raise ValueError("its digest does not match its entries")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             if repair:
-                self._move_aside(MANIFEST, f"unreadable ({_short(e)})")
+                self.move_aside(MANIFEST, f"unreadable ({_short(e)})")
             return None
         return files
 
@@ -149,7 +149,7 @@ class Manifest:
             if why is None:
                 return True
         if repair:
-            self._move_aside(name, why)
+            self.move_aside(name, why)
         return False
 
     def verify_all(self, *, repair: bool = True) -> list[str]:
@@ -161,7 +161,7 @@ class Manifest:
             if repair:
                 why = "its manifest.json is damaged" if files is None else \
                       "it has no manifest.json (written by an older version, or the manifest was deleted)"
-                moved = [self._move_aside(n, why, quiet=True) for n in names]
+                moved = [self.move_aside(n, why, quiet=True) for n in names]
                 print(f"run folder {self.folder}: {why}, so none of its {len(names)} files can be verified; "
                       f"moved them to {moved[0].parent}, recomputing", file=sys.stderr)
             return names
@@ -181,7 +181,7 @@ class Manifest:
         for tmp in self.folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
-    def _move_aside(self, name: str, why: str, *, quiet: bool = False) -> Path:
+    def move_aside(self, name: str, why: str, *, quiet: bool = False) -> Path:
         dest_dir = self.folder / DAMAGED
         dest_dir.mkdir(exist_ok=True)
         dest = dest_dir / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}"

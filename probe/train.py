@@ -403,7 +403,7 @@ def _open_folder(folder: RunFolder, config: RunConfig, device) -> dict | None:
     try:
         return torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
     except Exception as e:  # the recorded bytes, yet unreadable here (another torch version?): start afresh
-        folder.files._move_aside(CHECKPOINT, f"cannot be loaded ({type(e).__name__}: {str(e)[:100]})")
+        folder.files.move_aside(CHECKPOINT, f"cannot be loaded ({type(e).__name__}: {str(e)[:100]})")
         return None
 
 
