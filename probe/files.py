@@ -9,7 +9,6 @@ never half a file. ``file_sha256`` is the one digest of a file's content
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,10 +30,6 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def write_json_atomic(path: str | Path, obj) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 _DIGESTS: dict[tuple, str] = {}

@@ -87,13 +87,6 @@ class Manifest:
         """A pandas DataFrame as CSV, with its row count recorded."""
         return self.write(name, table.to_csv(index=False), rows=len(table))
 
-    def forget(self, name: str) -> None:
-        """Drop ``name``'s entry (after its file was removed on purpose)."""
-        files = self.entries() or {}
-        if name in files:
-            files.pop(name)
-            self._save(files)
-
     def _save(self, files: dict) -> None:
         doc = {"format": FORMAT, "files": files, "digest": _digest(files)}
         write_atomic(self.path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
