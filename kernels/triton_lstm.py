@@ -25,6 +25,9 @@ With bfloat16 or float16 storage the state carried from step to step (h and
 c in the forward, dh and dc in the backward) is kept in float32, so rounding
 does not compound over T; hs, h_T, c_T and the gradients come back in the
 storage dtype.
+
+``align=True`` runs the recurrence at H rounded up to a multiple of 16 with
+zero units, so that rows are 16-byte aligned (``kernels/row_align.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import triton
 import triton.language as tl
 
 from .contract import RecurrentMasks
+from .row_align import align_default, pad_units, padded_width
 from .triton_bw import lstm_bw_kernel
 from .triton_fw import lstm_fw_kernel
 
@@ -389,6 +393,7 @@ def lstm_layer_triton(
     *,
     persistent: bool | None = None,
     precision: str | None = None,
+    align: bool | None = None,
     config: LaunchConfig | None = None,
 ):
     """The recurrence on Triton; inputs already checked by ``kernels.contract.check_inputs``.
@@ -396,13 +401,23 @@ def lstm_layer_triton(
     persistent: one launch per sequence with a grid barrier (GPU; see the
     module docstring); None reads DROPOUT_PROBE_TRITON_PERSISTENT.
     precision: "ieee" or "tf32" for float32 products; None follows
-    ``torch.get_float32_matmul_precision()`` ("highest" means "ieee").
+    cuDNN's RNN setting on CUDA (``default_precision``).
+    align: run at H rounded up to a multiple of 16 with zero units, so that
+    rows are 16-byte aligned (``kernels/row_align.py``); the outputs and
+    gradients are those of the H units. None reads DROPOUT_PROBE_TRITON_ALIGN
+    (off by default).
     config: a full LaunchConfig (tests use it to force several tiles);
-    overrides the two above.
+    overrides persistent and precision.
     """
     _check_supported(gx)
     T, B, H4 = gx.shape
+    H = H4 // 4
+    Hp = padded_width(H) if (align_default() if align is None else align) else H
+    if Hp != H:
+        gx, h0, c0, w_hh, masks = pad_units(gx, h0, c0, w_hh, masks, Hp)
     if config is None:
-        config = launch_config(B, H4 // 4, gx.dtype, gx.device, persistent=persistent, precision=precision)
+        config = launch_config(B, Hp, gx.dtype, gx.device, persistent=persistent, precision=precision)
     hs, h_T, c_T = _TritonLSTM.apply(gx, h0, c0, w_hh, config, *masks)
+    if Hp != H:
+        hs, h_T, c_T = hs[..., :H], h_T[:, :H], c_T[:, :H]
     return hs, (h_T, c_T)

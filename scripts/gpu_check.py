@@ -208,10 +208,11 @@ def _outputs_and_grads(fn, xs, masks, upstream_seed=1):
 OUT_NAMES = ("hs", "h_T", "c_T", "d_gx", "d_h0", "d_c0", "d_w_hh")
 
 
-def _triton(persistent: bool, precision: str | None = "ieee"):
+def _triton(persistent: bool, precision: str | None = "ieee", align: bool = False):
     from kernels.triton_lstm import lstm_layer_triton
 
-    return lambda gx, h0, c0, w, m: lstm_layer_triton(gx, h0, c0, w, m, persistent=persistent, precision=precision)
+    return lambda gx, h0, c0, w, m: lstm_layer_triton(gx, h0, c0, w, m, persistent=persistent, precision=precision,
+                                                      align=align)  # fmt: skip
 
 
 # --- the stages ---------------------------------------------------------------------------------
@@ -257,17 +258,22 @@ def _correctness(T, B, H, tol: float) -> dict:
         want = _outputs_and_grads(lstm_layer_loop, xs, masks)
         xs32 = [x.detach().float().requires_grad_() for x in xs]
         masks32 = type(masks)(*(None if m is None else m.float() for m in masks))
-        got = {p: _outputs_and_grads(_triton(p), xs32, masks32) for p in (False, True)}
-        for p, outs in got.items():
+        modes = [(False, False), (True, False)]  # (persistent, align)
+        if H % 16 and label in ALIGN_CHECKED:
+            modes += [(False, True), (True, True)]
+        got = {mode: _outputs_and_grads(_triton(mode[0], align=mode[1]), xs32, masks32) for mode in modes}
+        for (p, align), outs in got.items():
             errs = {n: _rel_err(a, b) for n, a, b in zip(OUT_NAMES, outs, want)}
             nan = [n for n, a in zip(OUT_NAMES, outs) if torch.isnan(a).any()]
             worst = max(errs.values())
-            rows.append({"masks": label, "persistent": p, "max_rel_err": worst, "errors": errs, "nan": nan})
+            rows.append({"masks": label, "persistent": p, "align": align, "max_rel_err": worst, "errors": errs,
+                         "nan": nan})  # fmt: skip
             if nan or not worst <= tol:
-                bad.append(f"{label} {'persistent' if p else 'per-step'}: max rel err {worst:.2e}, NaN in {nan}")
-        same = [torch.equal(a, b) for a, b in zip(got[False], got[True])]
-        diff = max(_rel_err(a, b) for a, b in zip(got[True], got[False]))
-        rows[-1]["persistent_vs_per_step"] = {"bitwise_equal": all(same), "max_rel_diff": diff}
+                mode = ("persistent" if p else "per-step") + (" aligned" if align else "")
+                bad.append(f"{label} {mode}: max rel err {worst:.2e}, NaN in {nan}")
+        same = [torch.equal(a, b) for a, b in zip(got[False, False], got[True, False])]
+        diff = max(_rel_err(a, b) for a, b in zip(got[True, False], got[False, False]))
+        rows[-len(modes) + 1]["persistent_vs_per_step"] = {"bitwise_equal": all(same), "max_rel_diff": diff}
         if diff > tol / 10:
             bad.append(f"{label}: persistent differs from per-step by {diff:.2e}")
     worst = max(r["max_rel_err"] for r in rows)
@@ -277,6 +283,8 @@ def _correctness(T, B, H, tol: float) -> dict:
     return {"ok": not bad, "rows": rows, "failures": bad, "lines": [line, *bad[:10]], "kernels": _compiled_kernels()}
 
 
+# Mask settings also run with rows padded to 16 units (kernels/row_align.py) where H is not a multiple of 16.
+ALIGN_CHECKED = ("none", "all/step")
 # Relative to the largest magnitude of each output; float32 "ieee" over T = 1024 steps needs more room.
 TOL_IEEE = {35: 1e-4, 1024: 1e-3}
 
@@ -466,8 +474,8 @@ def stage_bench_ptxas_defaults() -> dict:
 
 
 def stage_alignment() -> dict:
-    """The recurrence alone at H = 650 against H = 656 (a multiple of 16, the same 41 unit tiles): the most
-    that padding rows to 16 elements could gain (docs/kernels.md, "Row alignment")."""
+    """The recurrence alone at H = 650, at H = 650 padded to 656 units (``align=True``, kernels/row_align.py)
+    and at H = 656 (a multiple of 16, the same 41 unit tiles): whether padding pays, and what it could gain."""
     import torch
 
     from kernels.triton_lstm import lstm_layer_triton
@@ -475,16 +483,16 @@ def stage_alignment() -> dict:
     rows, lines = [], []
     for T, B in ((35, 20), (1024, 16)):
         times = {}
-        for H in (650, 656):
+        for H, align in ((650, False), (650, True), (656, False)):
             xs, masks = _inputs(T, B, H, {}, dtype=torch.float32)
-            run = lambda: lstm_layer_triton(*xs, masks)[0]  # noqa: E731
+            run = lambda: lstm_layer_triton(*xs, masks, align=align)[0]  # noqa: E731
             fwd = _median_ms(run)
             fb = _median_ms(lambda: torch.autograd.grad(run().sum(), xs))
-            times[H] = (fwd, fb)
-            rows.append({"T": T, "B": B, "H": H, "forward_ms": fwd, "forward_backward_ms": fb})
-        (f650, b650), (f656, b656) = times[650], times[656]
-        lines.append(f"T={T} B={B} per-step: H=650 {f650:.3f} / {b650:.3f} ms, H=656 {f656:.3f} / {b656:.3f} ms "
-                     f"(fwd / fwd+bwd; 650 takes {f650 / f656:.2f}x / {b650 / b656:.2f}x)")  # fmt: skip
+            times[H, align] = (fwd, fb)
+            rows.append({"T": T, "B": B, "H": H, "align": align, "forward_ms": fwd, "forward_backward_ms": fb})
+        (f, b), (fa, ba), (f16, b16) = times[650, False], times[650, True], times[656, False]
+        lines.append(f"T={T} B={B} per-step, fwd / fwd+bwd: H=650 {f:.3f} / {b:.3f} ms; padded to 656 {fa:.3f} / "
+                     f"{ba:.3f} ms ({fa / f:.2f}x / {ba / b:.2f}x of 650); H=656 {f16:.3f} / {b16:.3f} ms")  # fmt: skip
     return {"ok": True, "rows": rows, "lines": lines, "kernels": _compiled_kernels()}
 
 

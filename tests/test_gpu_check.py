@@ -109,5 +109,8 @@ def test_the_correctness_code_runs_on_cpu_under_the_interpreter(gpu_check, monke
     monkeypatch.setattr(triton_lstm, "POISON_OUTPUTS", True)
     result = gpu_check._correctness(3, 2, 20, tol=1e-4)
     assert result["ok"], result["failures"]
-    assert len(result["rows"]) == 2 * len(gpu_check._mask_settings())
+    # H = 20 is not a multiple of 16: the settings of ALIGN_CHECKED also run with padded rows.
+    assert len(result["rows"]) == 2 * len(gpu_check._mask_settings()) + 2 * len(gpu_check.ALIGN_CHECKED)
+    assert {r["masks"] for r in result["rows"] if r["align"]} == set(gpu_check.ALIGN_CHECKED)
+    assert sum("persistent_vs_per_step" in r for r in result["rows"]) == len(gpu_check._mask_settings())
     assert result["kernels"] == []  # interpreted kernels have no compiled binaries

@@ -149,6 +149,65 @@ def test_float64_matches_the_spec():
     assert_agree(*make_inputs(T, B, H, dt), make_masks(scopes, T, B, H, dt))
 
 
+# --- row alignment (kernels/row_align.py) ---------------------------------
+
+ALL_SCOPES = dict(recurrent="step", cell_update="sequence", cell="step", zoneout_h="sequence", zoneout_c="step")
+
+
+def spy_widths(monkeypatch) -> list[int]:
+    """The hidden widths the forward kernel is launched at, in order."""
+    widths = []
+    real = triton_lstm.lstm_forward
+
+    def spy(gx, *args, **kwargs):
+        widths.append(gx.shape[-1] // 4)
+        return real(gx, *args, **kwargs)
+
+    monkeypatch.setattr(triton_lstm, "lstm_forward", spy)
+    return widths
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
+def test_aligned_rows_match_the_spec(persistent, monkeypatch):
+    """H = 21 runs at 32 units; outputs and every gradient are those of the 21 real units."""
+    widths = spy_widths(monkeypatch)
+    T, B, H = 3, 3, 21
+    assert_agree(*make_inputs(T, B, H), make_masks(ALL_SCOPES, T, B, H), persistent=persistent, align=True)
+    assert widths == [32]
+
+
+def test_padded_units_stay_exactly_zero_under_every_mask():
+    """The argument of row_align's docstring: zero units of a zero-padded problem stay zero at every step."""
+    from kernels.row_align import pad_units
+
+    T, B, H, Hp = 4, 3, 5, 16
+    gx, h0, c0, w = (x.detach() for x in make_inputs(T, B, H))
+    # Masks of value 1 in the padding too, so that zero padding of the masks is not what keeps the units at zero.
+    ones_in_padding = (torch.nn.functional.pad(m, (0, Hp - H), value=1.0) for m in make_masks(ALL_SCOPES, T, B, H))
+    masks = RecurrentMasks(*ones_in_padding)
+    gx_p, h0_p, c0_p, w_p, _ = pad_units(gx, h0, c0, w, RecurrentMasks(), Hp)
+    hs, (h_T, c_T) = triton_lstm.lstm_layer_triton(gx_p, h0_p, c0_p, w_p, masks, align=False)
+    assert hs.shape[-1] == Hp
+    assert torch.equal(hs[..., H:], torch.zeros_like(hs[..., H:]))
+    assert torch.equal(c_T[:, H:], torch.zeros_like(c_T[:, H:]))
+
+
+def test_rows_are_padded_only_when_asked_and_needed(monkeypatch):
+    from kernels.row_align import ALIGN_ENV, padded_width
+
+    assert [padded_width(h) for h in (1, 16, 21, 650, 768, 1500)] == [16, 16, 32, 656, 768, 1504]
+    widths = spy_widths(monkeypatch)
+    monkeypatch.delenv(ALIGN_ENV, raising=False)
+    for H, align in ((21, None), (21, False), (32, True)):  # off by default; nothing to pad at 32
+        triton_lstm.lstm_layer_triton(*[x.detach() for x in make_inputs(2, 2, H)], align=align)
+    monkeypatch.setenv(ALIGN_ENV, "1")
+    triton_lstm.lstm_layer_triton(*[x.detach() for x in make_inputs(2, 2, 21)])
+    assert widths == [21, 21, 32, 32]
+    monkeypatch.setenv(ALIGN_ENV, "yes")
+    with pytest.raises(ValueError, match=f"{ALIGN_ENV} must be '0' or '1'; got 'yes'"):
+        triton_lstm.lstm_layer_triton(*[x.detach() for x in make_inputs(2, 2, 21)])
+
+
 def test_16_bit_storage_carries_the_state_in_float32():
     T, B, H = 2, 2, 8
     gx, h0, c0, w = lowered(make_inputs(T, B, H), torch.half)
@@ -366,13 +425,14 @@ def test_persistent_launch_uses_one_program_under_the_interpreter():
 
 
 @gpu
+@pytest.mark.parametrize("align", [False, True], ids=["rows_as_given", "aligned_rows"])
 @pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
-def test_large_shapes_match_the_reference_on_gpu(persistent):
-    """Zaremba-medium sized: many tiles, and a persistent grid of many programs (a real barrier)."""
+def test_large_shapes_match_the_reference_on_gpu(persistent, align):
+    """Zaremba-medium sized: many tiles, a persistent grid of many programs (a real barrier), and 650 padded to 656."""
     T, B, H = 12, 20, 650
     scopes = dict(recurrent="sequence", cell_update="step", zoneout_h="step", zoneout_c="step")
     masks = make_masks(scopes, T, B, H)
-    assert_agree(*make_inputs(T, B, H), masks, tol=GPU_TOL, persistent=persistent, precision="ieee")
+    assert_agree(*make_inputs(T, B, H), masks, tol=GPU_TOL, persistent=persistent, precision="ieee", align=align)
 
 
 @gpu
