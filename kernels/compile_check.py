@@ -241,32 +241,56 @@ def _row(v: Variant, cfg: dict, key: str, result: dict, options: dict | None = N
     return row
 
 
-def run_check(selected: list[Variant], jobs: int, progress=None) -> list[dict]:
-    """Compile each distinct specialisation of ``selected`` once (in ``jobs`` processes); one row per variant."""
+def _spills(result: dict) -> int | None:
+    return None if "error" in result else result["spill_stores"] + result["spill_loads"]
+
+
+def run_check(selected: list[Variant], jobs: int, progress=None, compile_fn=None) -> list[dict]:
+    """Compile each distinct specialisation of ``selected`` (in ``jobs`` processes); one row per variant.
+
+    The launcher's rule (kernels/spill_free.py): a specialisation whose kernel
+    spills with the first register candidate is compiled with the next ones,
+    and the first without spills is the one its launches use; the row reports
+    that one (and every candidate tried, in ``tried``). compile_fn (tests):
+    called as ``_compile_key_of`` is, in a thread of this process.
+    """
+    from .spill_free import first_without_spills
+
     groups: dict[str, list[Variant]] = {}  # compile key -> variants needing that kernel
-    configs, options = {}, {}
+    configs = {}
     for v in selected:
         cfg, distinct = _distinct_launches(v)
         configs[v] = asdict(cfg)
-        for key, (_, spec) in distinct.items():
+        for key in distinct:
             groups.setdefault(key, []).append(v)
-            options[key] = spec[3]
     firsts = {key: vs[0] for key, vs in groups.items()}
-    results: dict[str, dict] = {}
+    tried: dict[str, list[dict]] = {key: [] for key in firsts}  # results per candidate, in order
     saved = {k: os.environ.get(k) for k in ("TRITON_CACHE_DIR", "TRITON_ALWAYS_COMPILE", "TRITON_DUMP_PTXAS_LOG")}
     with tempfile.TemporaryDirectory(prefix="triton-cache-") as cache:
         os.environ["TRITON_CACHE_DIR"] = cache  # keeps the user's cache clean; the workers inherit it
         ctx = multiprocessing.get_context("spawn")
         try:
-            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
-                futures = {pool.submit(_compile_key_of, firsts[key], key): key for key in firsts}
-                for n, fut in enumerate(cf.as_completed(futures), 1):
-                    try:
-                        results[futures[fut]] = fut.result()
-                    except Exception as e:  # noqa: BLE001 - a crashed worker is a result too
-                        results[futures[fut]] = {"error": f"{type(e).__name__}: {e}"}
-                    if progress:
-                        progress(n, len(futures))
+            if compile_fn is None:
+                compile_fn, executor = _compile_key_of, cf.ProcessPoolExecutor(jobs, ctx, initializer=_worker_init)
+            else:
+                executor = cf.ThreadPoolExecutor(1)
+            with executor as pool:
+                todo = dict.fromkeys(firsts, 0)  # key -> index of the candidate to compile next
+                n_done = n_total = 0
+                while todo:
+                    n_total += len(todo)
+                    futures = {pool.submit(compile_fn, firsts[key], key, i): key for key, i in todo.items()}
+                    for fut in cf.as_completed(futures):
+                        key = futures[fut]
+                        try:
+                            tried[key].append(fut.result())
+                        except Exception as e:  # noqa: BLE001 - a crashed worker is a result too
+                            tried[key].append({"error": f"{type(e).__name__}: {e}", "n_candidates": 1})
+                        n_done += 1
+                        if progress:
+                            progress(n_done, n_total)
+                    todo = {key: len(tried[key]) for key in futures.values()
+                            if _spills(tried[key][-1]) != 0 and len(tried[key]) < tried[key][-1]["n_candidates"]}
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -275,17 +299,37 @@ def run_check(selected: list[Variant], jobs: int, progress=None) -> list[dict]:
                     os.environ[k] = v
     rows = []
     for key, vs in groups.items():
+        chosen = tried[key][first_without_spills([_spills(r) for r in tried[key]])]
+        result = {k: x for k, x in chosen.items() if k not in ("options", "n_candidates")}
+        summary = [{"options": r.get("options"), "regs": r.get("regs"), "spill_stores": r.get("spill_stores"),
+                    "spill_loads": r.get("spill_loads"), "error": r.get("error")} for r in tried[key]]  # fmt: skip
         for v in vs:
-            rows.append(_row(v, configs[v], key, results[key], options[key]))
+            rows.append({**_row(v, configs[v], key, result, chosen.get("options")), "tried": summary})
     return rows
 
 
-def _compile_key_of(v: Variant, key: str) -> dict:
-    _, distinct = _distinct_launches(v)
-    return _compile(*distinct[key])
+def _compile_key_of(v: Variant, key: str, candidate: int = 0) -> dict:
+    """Compile ``v``'s specialisation ``key`` with register candidate ``candidate`` of the launcher's list."""
+    from . import triton_lstm
+    from .spill_free import REGISTER_KEYS
+
+    cfg, distinct = _distinct_launches(v)
+    kernel, (signature, constexprs, attrs, options) = distinct[key]
+    fma = v.dtype == "float32" and v.precision == "ieee"
+    candidates = triton_lstm.register_candidates(v.persistent, fma)
+    options = {**{k: x for k, x in options.items() if k not in REGISTER_KEYS}, **candidates[candidate]}
+    return {**_compile(kernel, (signature, constexprs, attrs, options)), "options": options,
+            "n_candidates": len(candidates)}  # fmt: skip
 
 
 # --- report --------------------------------------------------------------------------------
+
+
+def _options_label(options: dict | None) -> str:
+    """The register options of a candidate, briefly."""
+    options = options or {}
+    text = options.get("ptx_options") or "ptxas defaults"
+    return text + (f" maxnreg={options['maxnreg']}" if options.get("maxnreg") else "")
 
 
 def _range(values) -> str:
@@ -384,6 +428,14 @@ def main(argv=None) -> int:
     regs = [r["regs"] for r in rows if "regs" in r]
     print(f"{len(rows)} variants ({len(set(r['key'] for r in rows))} distinct kernels) in {seconds:.0f} s with "
           f"{args.jobs} processes; registers {_range(regs) if regs else '-'}; {len(bad)} with problems")  # fmt: skip
+    moved = [r for r in rows if len(r["tried"]) > 1 and not r["problems"]]
+    if moved:
+        print(f"{len(moved)} variants spill with the first register options and not with a later candidate "
+              f"(kernels/spill_free.py):")  # fmt: skip
+        for r in moved:
+            steps = [f"{_options_label(t['options'])}: {t['regs']} registers, {t['spill_stores']} B spill stores"
+                     for t in r["tried"]]  # fmt: skip
+            print(f"  {r['label']}: " + "; ".join(steps))
     if args.json:
         payload = {**env, "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds, 1), "jobs": args.jobs,
                    "quick": args.quick, "variants": rows}  # fmt: skip

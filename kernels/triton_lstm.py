@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import spill_free
 from .contract import RecurrentMasks
 from .row_align import align_default, pad_units, padded_width
 from .triton_bw import lstm_bw_kernel
@@ -48,7 +49,7 @@ from .triton_fw import lstm_fw_kernel
 
 __all__ = [
     "LaunchConfig", "SUPPORTED_DTYPES", "interpreted", "kernel_constexprs", "launch_config", "lstm_layer_triton",
-    "state_dtype",
+    "register_candidates", "state_dtype",
 ]  # fmt: skip
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -64,9 +65,11 @@ PTXAS_DEFAULTS_ENV = "DROPOUT_PROBE_TRITON_PTXAS_DEFAULTS"  # "1": leave ptxas's
 # (of 0-10, default 5) stops most of it in per-step kernels; persistent ones with
 # tensor-core (or float64) products also get ``maxnreg=255`` (a .maxnreg
 # directive, which unlike ptxas -maxrregcount lifts the occupancy target).
-# Not the float32 "ieee" ones: given more registers, ptxas fills any cap and
-# spills there. docs/kernels.md has the compile check's counts; the effect on
-# speed is for a GPU to measure (scripts/gpu_check.py times both settings).
+# Not the float32 "ieee" ones by default: there maxnreg makes many variants
+# spill. What these still leave spilling, the next candidates of
+# ``register_candidates`` remove (kernels/spill_free.py picks per kernel).
+# docs/kernels.md has the compile check's counts; the effect on speed is for
+# a GPU to measure (scripts/gpu_check.py times ptxas's defaults too).
 PTXAS_OPTIONS = "--register-usage-level=3"
 
 # Test hook: when True, every buffer the kernels are supposed to write is
@@ -122,6 +125,27 @@ def register_options(persistent: bool, fma_products: bool = False) -> dict:
         out["ptx_options"] = f"{theirs} {PTXAS_OPTIONS}".strip()
     if persistent and not fma_products and _cuda_option("maxnreg"):
         out["maxnreg"] = 255
+    return out
+
+
+def register_candidates(persistent: bool, fma_products: bool = False) -> list[dict]:
+    """The register options a launch tries, in order, keeping the first whose kernel does not spill.
+
+    ``register_options``'s, then usage level 3 with ``maxnreg=255``, then
+    ptxas's own allocation ({}): of the variants the first leaves spilling
+    (4-12 B with Triton 3.6 and 3.9), each is spill-free with the second, and
+    ptxas's defaults are the last resort. Only the first when there is
+    nothing to choose (interpreted, $DROPOUT_PROBE_TRITON_PTXAS_DEFAULTS=1, a
+    Triton without these options).
+    """
+    first = register_options(persistent, fma_products)
+    if not first:
+        return [first]
+    wide = {**first, **({"maxnreg": 255} if _cuda_option("maxnreg") else {})}
+    out = [first]
+    for options in (wide, {}):
+        if options not in out:
+            out.append(options)
     return out
 
 
@@ -261,6 +285,19 @@ def _mask_args(masks, dummy: torch.Tensor, BH: int):
     return ptrs, strides, flags
 
 
+def _fma_products(cfg: LaunchConfig, dtype: torch.dtype) -> bool:
+    """float32 "ieee" products: FMA loops, no tensor cores."""
+    return dtype == torch.float32 and cfg.precision == "ieee"
+
+
+def _spill_free(kernel, n_programs: int, args: tuple, constexprs: dict, cfg: LaunchConfig, dtype, device) -> dict:
+    """On CUDA, ``constexprs`` with the first register candidate that does not spill (kernels/spill_free.py)."""
+    if device.type != "cuda":
+        return constexprs  # the interpreter, or the compile check's meta tensors
+    candidates = register_candidates(cfg.persistent, _fma_products(cfg, dtype))
+    return spill_free.choose(kernel, (n_programs,), args, constexprs, candidates)
+
+
 def kernel_constexprs(cfg: LaunchConfig, dtype: torch.dtype) -> dict:
     """The compile-time arguments and launch options both kernels share (masks flags and SAVE aside)."""
     # A cooperative launch of a grid that cannot be resident at once fails
@@ -278,7 +315,7 @@ def kernel_constexprs(cfg: LaunchConfig, dtype: torch.dtype) -> dict:
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **cooperative,
-        **register_options(cfg.persistent, dtype == torch.float32 and cfg.precision == "ieee"),
+        **register_options(cfg.persistent, _fma_products(cfg, dtype)),
     )
 
 
@@ -301,15 +338,19 @@ def lstm_forward(gx, h0, c0, w_hh, masks: RecurrentMasks, cfg: LaunchConfig, sav
     n_programs = _n_programs(B, H, cfg, gx.device)
     count = torch.zeros(1, dtype=torch.int32, device=gx.device) if cfg.persistent else gx
 
-    constexprs = dict(**flags, SAVE=save, **kernel_constexprs(cfg, gx.dtype))
-
-    def launch(t0: int, n_steps: int) -> None:
-        args = (
+    def args(t0: int, n_steps: int) -> tuple:
+        return (
             gx, w_hh, h, c,
             gx if gates is None else gates, gx if tanhc is None else tanhc,
             *mask_ptrs, *mask_strides, count, t0, n_steps, B, H, B * H,
         )  # fmt: skip
-        _launch(lstm_fw_kernel, n_programs, args, constexprs)
+
+    constexprs = dict(**flags, SAVE=save, **kernel_constexprs(cfg, gx.dtype))
+    constexprs = _spill_free(lstm_fw_kernel, n_programs, args(0, T if cfg.persistent else 1), constexprs, cfg,
+                             gx.dtype, gx.device)  # fmt: skip
+
+    def launch(t0: int, n_steps: int) -> None:
+        _launch(lstm_fw_kernel, n_programs, args(t0, n_steps), constexprs)
 
     if cfg.persistent:
         launch(0, T)
@@ -333,11 +374,15 @@ def lstm_backward(w_hh, h, c, gates, tanhc, masks: RecurrentMasks, d_hs, d_hT, d
     n_programs = _n_programs(B, H, cfg, gates.device)
     count = torch.zeros(1, dtype=torch.int32, device=gates.device) if cfg.persistent else gates
 
+    def args(t0: int, n_steps: int) -> tuple:
+        return (w_hh, gates, tanhc, c, d_hs, dz, dh, dc, *mask_ptrs, *mask_strides, count, t0, n_steps, T, B, H, B * H)
+
     constexprs = dict(**flags, **kernel_constexprs(cfg, gates.dtype))
+    constexprs = _spill_free(lstm_bw_kernel, n_programs, args(T - 1, T + 1 if cfg.persistent else 1), constexprs,
+                             cfg, gates.dtype, gates.device)  # fmt: skip
 
     def launch(t0: int, n_steps: int) -> None:
-        args = (w_hh, gates, tanhc, c, d_hs, dz, dh, dc, *mask_ptrs, *mask_strides, count, t0, n_steps, T, B, H, B * H)
-        _launch(lstm_bw_kernel, n_programs, args, constexprs)
+        _launch(lstm_bw_kernel, n_programs, args(t0, n_steps), constexprs)
 
     # Steps T-1 .. 0, then t = -1, which only carries dh through step 0's product into d h0.
     if cfg.persistent:

@@ -120,10 +120,13 @@ def summary(report: dict) -> str:
             lines.append(f"    {s['status']}: {tail[0][:200]}")
         kernels += r.get("kernels", [])
     if kernels:
-        spilled = [k for k in kernels if k.get("n_spills")]
-        regs = [k["n_regs"] for k in kernels if k.get("n_regs") is not None]
-        lines.append(f"- compiled kernels: {len(kernels)}, registers {min(regs, default=0)}-{max(regs, default=0)}, "
-                     f"{len(spilled)} with spills" + "".join(f"\n    spills: {k}" for k in spilled[:10]))  # fmt: skip
+        # Rejected: compiled, found spilling and passed over for the next register options (kernels/spill_free.py).
+        used = [k for k in kernels if not k.get("rejected")]
+        spilled = [k for k in used if k.get("n_spills")]
+        regs = [k["n_regs"] for k in used if k.get("n_regs") is not None]
+        lines.append(f"- compiled kernels used: {len(used)}, registers {min(regs, default=0)}-{max(regs, default=0)}, "
+                     f"{len(spilled)} with spills; {len(kernels) - len(used)} spilling ones passed over"
+                     + "".join(f"\n    spills: {k}" for k in spilled[:10]))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +139,7 @@ def _write_result(result: dict) -> None:
 
 def _compiled_kernels() -> list[dict]:
     """Registers, spills and shared memory of every kernel this process compiled, from Triton's in-memory caches."""
+    from kernels.spill_free import REJECTED
     from kernels.triton_bw import lstm_bw_kernel
     from kernels.triton_fw import lstm_fw_kernel
 
@@ -153,7 +157,9 @@ def _compiled_kernels() -> list[dict]:
                 named = {fn.arg_names[path[0]]: v for path, v in constants.items() if isinstance(path, tuple)}
                 out.append({"kernel": fn.__name__, **{n: str(named[n]) for n in keep if n in named},
                             "num_warps": k.metadata.num_warps, "n_regs": getattr(k, "n_regs", None),
-                            "n_spills": getattr(k, "n_spills", None), "shared": k.metadata.shared})  # fmt: skip
+                            "n_spills": getattr(k, "n_spills", None), "shared": k.metadata.shared,
+                            "maxnreg": getattr(k.metadata, "maxnreg", None),
+                            "rejected": k in REJECTED})  # fmt: skip
     return out
 
 

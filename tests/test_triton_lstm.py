@@ -462,3 +462,33 @@ def test_auto_backend_picks_triton_on_gpu(monkeypatch):
     monkeypatch.setattr(triton_lstm, "lstm_layer_triton", lambda *a, **k: called.append(1) or real(*a, **k))
     lstm_layer(*[x.detach() for x in make_inputs(2, 2, 8)], backend="auto")
     assert called == [1]
+
+
+@gpu
+def test_launched_kernels_do_not_spill_on_gpu():
+    """All five masks, float32 "ieee", persistent, B=16 H=768: a variant whose first register options spill with
+    Triton 3.6 (kernels/compile_check.py); whatever spilled was passed over, and what runs does not spill."""
+    from kernels.spill_free import REJECTED
+    from kernels.triton_bw import lstm_bw_kernel
+    from kernels.triton_fw import lstm_fw_kernel
+
+    def compiled():
+        for fn in (lstm_fw_kernel, lstm_bw_kernel):
+            for caches in fn.device_caches.values():
+                for k in caches[0].values():
+                    yield fn.__name__, k.result() if hasattr(k, "result") else k
+
+    before = {id(k) for _, k in compiled()}
+    T, B, H = 4, 16, 768
+    inputs = make_inputs(T, B, H)
+    scopes = dict.fromkeys(MASK_NAMES, "step")
+    for persistent in (False, True):
+        hs, (h_T, c_T) = triton_lstm.lstm_layer_triton(*inputs, make_masks(scopes, T, B, H), persistent=persistent,
+                                                       precision="ieee")  # fmt: skip
+        torch.autograd.grad((hs.sum() + h_T.sum() + c_T.sum()), inputs)
+    used = []
+    for name, k in compiled():
+        if id(k) not in before and k not in REJECTED:
+            k._init_handles()
+            used.append((name, k.n_regs, k.n_spills))
+    assert used and all(spills == 0 for _, _, spills in used), used
