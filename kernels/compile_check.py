@@ -16,8 +16,12 @@ distinct one is compiled once with ``triton.compile`` for
 install and no GPU are needed. Registers and spills come from ptxas's
 verbose log, shared memory from the compiled kernel's metadata.
 
-Exit status 1, with the offending variants listed, if any variant spills,
-needs more shared memory than an sm_90 block may have, or fails to compile.
+A kernel that spills with the launcher's first register options is
+compiled again with the next candidates (``triton_lstm.register_candidates``),
+as the launcher does on a GPU (``kernels/spill_free.py``); the variant is
+reported with the first spill-free one. Exit status 1, with the offending
+variants listed, if any variant spills with every candidate, needs more
+shared memory than an sm_90 block may have, or fails to compile.
 """
 
 from __future__ import annotations
