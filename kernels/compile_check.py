@@ -39,6 +39,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from .spill_free import compile_key, specialise
+
 __all__ = ["MASK_SETS", "Variant", "main", "run_check", "specialise", "variants"]
 
 # The mask flags the placements of probe/placements.py put on the recurrence
@@ -61,8 +63,6 @@ T_DEFAULT = 35  # Zaremba's. T is only a loop bound: T=1024 gives the --quick va
 QUICK = dict(masks=("all",), B=(20, 128), H=(650,))
 SM90_MAX_SHARED = 232448  # bytes of shared memory one block may use on sm_90 (227 KB)
 ARCH, WARP = 90, 32
-
-_PTR = {"float32": "fp32", "float64": "fp64", "bfloat16": "bf16", "float16": "fp16", "int32": "i32"}
 
 
 @dataclass(frozen=True)
@@ -131,62 +131,13 @@ def _launches(v: Variant):
     return cfg, calls
 
 
-def specialise(kernel, args, consts) -> tuple[dict, dict, dict, dict]:
-    """signature, constexprs, attrs and options of ASTSource/compile, as the JIT derives them for this launch.
-
-    The JIT specialises each non-constexpr argument: a tensor becomes a typed
-    pointer, marked divisible by 16 when its address is (every buffer the
-    launcher passes is a whole CUDA allocation, 256-byte aligned; meta tensors
-    report address 0); an integer equal to 1 becomes a constant, one divisible
-    by 16 gets the divisibility attribute, unless the parameter is in
-    ``do_not_specialize``. tests/test_compile_check.py checks this against
-    Triton's own binder.
-    """
-    import torch
-
-    names = kernel.arg_names
-    bound = dict(zip(names, args))
-    bound.update({k: v for k, v in consts.items() if k in names})
-    options = {k: v for k, v in consts.items() if k not in names}
-    signature, constexprs, attrs = {}, {}, {}
-    divisible = [["tt.divisibility", 16]]
-    for i, (name, param) in enumerate(zip(names, kernel.params)):
-        value = bound[name]
-        if param.is_constexpr:
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + _PTR[str(value.dtype).removeprefix("torch.")]
-            if value.data_ptr() % 16 == 0:
-                attrs[(i,)] = divisible
-        elif isinstance(value, int) and not isinstance(value, bool):
-            if not -(2**31) <= value < 2**31:
-                raise ValueError(f"{name}={value} does not fit the i32 this check assumes")
-            if param.do_not_specialize:
-                signature[name] = "i32"
-            elif value == 1:
-                signature[name], constexprs[name] = "constexpr", 1
-            else:
-                signature[name] = "i32"
-                if value % 16 == 0:
-                    attrs[(i,)] = divisible
-        else:
-            raise TypeError(f"argument {name} of {kernel.__name__} is a {type(value).__name__}; not handled here")
-    return signature, constexprs, attrs, options
-
-
-def _compile_key(kernel, spec) -> str:
-    signature, constexprs, attrs, options = spec
-    return repr((kernel.__name__, sorted(signature.items()), sorted((k, str(v)) for k, v in constexprs.items()),
-                 sorted(attrs), sorted(options.items())))  # fmt: skip
-
-
 def _distinct_launches(v: Variant):
     """The launch config and each distinct (kernel, specialisation) the variant's launches need."""
     cfg, calls = _launches(v)
     seen = {}
     for kernel, args, consts in calls:
         spec = specialise(kernel, args, consts)
-        seen.setdefault(_compile_key(kernel, spec), (kernel, spec))
+        seen.setdefault(compile_key(kernel, spec), (kernel, spec))
     return cfg, seen
 
 

@@ -11,7 +11,8 @@ specialisation: the first launch of a new specialisation compiles it (and,
 only if it spills, the next candidates); later launches reuse the choice.
 
 ``python -m kernels.compile_check`` applies the same rule
-(``first_without_spills``) to every variant for sm_90 without a GPU.
+(``first_without_spills``) to every variant for sm_90 without a GPU, and
+tells compiled kernels apart with the same ``specialise``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import weakref
 
 import torch
 
-__all__ = ["REGISTER_KEYS", "REJECTED", "choose", "first_without_spills", "specialisation_key"]
+__all__ = ["REGISTER_KEYS", "REJECTED", "choose", "compile_key", "first_without_spills", "specialise"]
 
 REGISTER_KEYS = ("ptx_options", "maxnreg")  # the launch options a candidate sets
 # Compiled kernels that spilled and were passed over (scripts/gpu_check.py reports them apart).
@@ -36,23 +37,55 @@ def first_without_spills(spills) -> int:
     return 0
 
 
-def specialisation_key(kernel, args, constexprs: dict) -> tuple:
-    """What decides which binary a launch needs, as the JIT specialises (at least as fine as its key).
+_PTR = {"float32": "fp32", "float64": "fp64", "bfloat16": "bf16", "float16": "fp16", "int32": "i32"}
 
-    Tensors: dtype, and whether the address is 16-byte aligned. Integers: whether
-    equal to 1, divisible by 16, and within int32 (unless do_not_specialize).
-    Constexprs and launch options other than the register ones, by value.
+
+def specialise(kernel, args, consts) -> tuple[dict, dict, dict, dict]:
+    """signature, constexprs, attrs and options of ASTSource/compile, as the JIT derives them for this launch.
+
+    The JIT specialises each non-constexpr argument: a tensor becomes a typed
+    pointer, marked divisible by 16 when its address is (every buffer the
+    launcher passes is a whole CUDA allocation, 256-byte aligned; meta tensors
+    report address 0); an integer equal to 1 becomes a constant, one divisible
+    by 16 gets the divisibility attribute, unless the parameter is in
+    ``do_not_specialize``; one outside int32 is an i64. tests/test_compile_check.py
+    checks this against Triton's own binder.
     """
-    parts = []
-    for param, a in zip(kernel.params, args):
-        if isinstance(a, torch.Tensor):
-            parts.append((a.dtype, a.data_ptr() % 16 == 0, a.device.index))
-        elif isinstance(a, int) and not isinstance(a, bool):
-            parts.append(None if param.do_not_specialize else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31))
+    names = kernel.arg_names
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in consts.items() if k in names})
+    options = {k: v for k, v in consts.items() if k not in names}
+    signature, constexprs, attrs = {}, {}, {}
+    divisible = [["tt.divisibility", 16]]
+    for i, (name, param) in enumerate(zip(names, kernel.params)):
+        value = bound[name]
+        if param.is_constexpr:
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + _PTR[str(value.dtype).removeprefix("torch.")]
+            if value.data_ptr() % 16 == 0:
+                attrs[(i,)] = divisible
+        elif isinstance(value, int) and not isinstance(value, bool):
+            integer = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if param.do_not_specialize:
+                signature[name] = integer
+            elif value == 1:
+                signature[name], constexprs[name] = "constexpr", 1
+            else:
+                signature[name] = integer
+                if value % 16 == 0:
+                    attrs[(i,)] = divisible
         else:
-            parts.append(a)
-    consts = tuple(sorted((k, str(v)) for k, v in constexprs.items() if k not in REGISTER_KEYS))
-    return (kernel.__name__, tuple(parts), consts)
+            raise TypeError(f"argument {name} of {kernel.__name__} is a {type(value).__name__}; not handled here")
+    return signature, constexprs, attrs, options
+
+
+def compile_key(kernel, spec, ignore=()) -> str:
+    """One string per distinct compiled kernel: name and ``specialise``'s result, launch options in ``ignore`` aside."""
+    signature, constexprs, attrs, options = spec
+    options = {k: v for k, v in options.items() if k not in ignore}
+    return repr((kernel.__name__, sorted(signature.items()), sorted((k, str(v)) for k, v in constexprs.items()),
+                 sorted(attrs), sorted((k, str(v)) for k, v in options.items())))  # fmt: skip
 
 
 def choose(kernel, grid: tuple, args: tuple, constexprs: dict, candidates: list[dict]) -> dict:
@@ -65,7 +98,7 @@ def choose(kernel, grid: tuple, args: tuple, constexprs: dict, candidates: list[
     base = {k: v for k, v in constexprs.items() if k not in REGISTER_KEYS}
     if len(candidates) < 2:
         return {**base, **(candidates[0] if candidates else {})}
-    key = (specialisation_key(kernel, args, constexprs), repr(candidates))
+    key = (compile_key(kernel, specialise(kernel, args, constexprs), ignore=REGISTER_KEYS), repr(candidates))
     index = _CHOSEN.get(key)
     if index is None:
         compiled, spills = [], []

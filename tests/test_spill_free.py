@@ -26,8 +26,8 @@ class FakeKernel:
 
     def __init__(self, spills_by_maxnreg: dict, name="fake_kernel"):
         self.__name__ = name
-        self.params = [SimpleNamespace(do_not_specialize=False), SimpleNamespace(do_not_specialize=True),
-                       SimpleNamespace(do_not_specialize=False)]  # fmt: skip
+        self.arg_names = ["x_ptr", "t0", "B"]  # t0 is not specialised on, as in the real kernels
+        self.params = [SimpleNamespace(is_constexpr=False, do_not_specialize=name == "t0") for name in self.arg_names]
         self.spills = spills_by_maxnreg  # (ptx_options, maxnreg) -> bytes of local memory
         self.compiles, self.cache = [], []
 
