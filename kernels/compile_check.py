@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-from .spill_free import compile_key, specialise
+from .spill_free import REGISTER_KEYS, compile_key, first_without_spills, specialise
 
 __all__ = ["MASK_SETS", "Variant", "main", "run_check", "specialise", "variants"]
 
@@ -209,8 +209,6 @@ def run_check(selected: list[Variant], jobs: int, progress=None, compile_fn=None
     that one (and every candidate tried, in ``tried``). compile_fn (tests):
     called as ``_compile_key_of`` is, in a thread of this process.
     """
-    from .spill_free import first_without_spills
-
     groups: dict[str, list[Variant]] = {}  # compile key -> variants needing that kernel
     configs = {}
     for v in selected:
@@ -266,7 +264,6 @@ def run_check(selected: list[Variant], jobs: int, progress=None, compile_fn=None
 def _compile_key_of(v: Variant, key: str, candidate: int = 0) -> dict:
     """Compile ``v``'s specialisation ``key`` with register candidate ``candidate`` of the launcher's list."""
     from . import triton_lstm
-    from .spill_free import REGISTER_KEYS
 
     cfg, distinct = _distinct_launches(v)
     kernel, (signature, constexprs, attrs, options) = distinct[key]
