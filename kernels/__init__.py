@@ -4,8 +4,8 @@
 ``studies -> probe -> kernels``.
 """
 
-from .contract import MASK_NAMES, RecurrentMasks, check_inputs
-from .gemm import linear
-from .layer import BACKENDS, lstm_layer, lstm_layer_from_input
+from kernels.contract import MASK_NAMES, RecurrentMasks, check_inputs
+from kernels.gemm import linear
+from kernels.layer import BACKENDS, backend_help, canonical_backend, lstm_layer, lstm_layer_from_input
 
-__all__ = ["BACKENDS", "MASK_NAMES", "RecurrentMasks", "check_inputs", "linear", "lstm_layer", "lstm_layer_from_input"]
+__all__ = ["BACKENDS", "backend_help", "canonical_backend", "MASK_NAMES", "RecurrentMasks", "check_inputs", "linear", "lstm_layer", "lstm_layer_from_input"]

@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from .contract import RecurrentMasks, check_inputs
-from .gemm import linear
-from .native import lstm_layer_native, native_supported
-from .reference import lstm_layer_projected_reference, lstm_layer_reference
+from kernels.contract import RecurrentMasks, check_inputs
+from kernels.gemm import linear
+from kernels.native import lstm_layer_native, native_supported
+from kernels.reference import lstm_layer_loop, lstm_layer_projected_reference, lstm_layer_reference
 
-BACKENDS = ("auto", "reference", "triton", "native")
+# Each backend named for what it runs, with the line --help shows for it.
+BACKEND_HELP = {
+    "auto": "native for layers without recurrent masks, else triton on CUDA, else compiled",
+    "spec": "the specification: a Python loop over one step, differentiated by autograd (slow; for checking)",
+    "compiled": "the whole-sequence autograd function: its serial loop compiled to C++ on CPU "
+                "(a Python loop where no compiler is found, or on other devices)",
+    "native": "torch's fused LSTM (oneDNN, cuDNN): layers without recurrent masks only",
+    "triton": "the Triton kernels (CUDA; on CPU only under TRITON_INTERPRET=1)",
+}
+BACKENDS = tuple(BACKEND_HELP)
+# Old names still accepted: "reference" ran the compiled loop, not the specification.
+BACKEND_ALIASES = {"reference": "compiled"}
+
+
+def canonical_backend(backend: str) -> str:
+    """The backend's current name (an alias gives a DeprecationWarning), or a ValueError listing the valid ones."""
+    if backend in BACKEND_ALIASES:
+        new = BACKEND_ALIASES[backend]
+        warnings.warn(f"backend {backend!r} is deprecated; it is called {new!r} now", DeprecationWarning, stacklevel=3)
+        return new
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    return backend
+
+
+def backend_help() -> str:
+    """One line per backend, for --help."""
+    aliases = "; ".join(f"{old!r} is a deprecated name of {new!r}" for old, new in BACKEND_ALIASES.items())
+    return "recurrence backend: " + "; ".join(f"{k}: {v}" for k, v in BACKEND_HELP.items()) + f" ({aliases})"
 
 
 def lstm_layer(
@@ -33,17 +63,20 @@ def lstm_layer(
     (B, H) for sequence scope or (T, B, H) for step scope. Returns
     ``hs (T, B, H), (h_T, c_T)``.
 
-    backend: "auto" (Triton for CUDA tensors, the reference elsewhere),
-    "reference", or "triton" (on CPU tensors it needs TRITON_INTERPRET=1).
-    ("native", torch's fused LSTM, needs the input x: ``lstm_layer_from_input``.)
+    backend: one of ``BACKENDS`` (``BACKEND_HELP`` says what each runs);
+    "auto" is Triton for CUDA tensors, the compiled loop elsewhere. ("native",
+    torch's fused LSTM, needs the input x: ``lstm_layer_from_input``.)
     """
     masks = RecurrentMasks(recurrent, cell_update, cell, zoneout_h, zoneout_c)
     check_inputs(gx, h0, c0, w_hh, masks)
-    if backend == "native":
+    if canonical_backend(backend) == "native":
         raise ValueError("backend 'native' needs the layer's input x: use lstm_layer_from_input")
-    if _resolve_backend(backend, gx, masks, native=False) == "reference":
+    chosen = _resolve_backend(backend, gx, masks, native=False)
+    if chosen == "spec":
+        return lstm_layer_loop(gx, h0, c0, w_hh, masks)
+    if chosen == "compiled":
         return lstm_layer_reference(gx, h0, c0, w_hh, masks)
-    from .triton_lstm import lstm_layer_triton
+    from kernels.triton_lstm import lstm_layer_triton
 
     return lstm_layer_triton(gx, h0, c0, w_hh, masks)
 
@@ -69,7 +102,7 @@ def lstm_layer_from_input(
     backend "auto" runs a layer without recurrent masks on torch's fused
     LSTM (``kernels.native``: oneDNN on CPU, cuDNN on CUDA) and the others
     as ``lstm_layer`` does; "native" forces the fused LSTM (an error when a
-    recurrent mask is given). The reference backend fuses the projection
+    recurrent mask is given). The compiled backend fuses the projection
     into its autograd Function (one transpose of dZ serves both weight
     gradients), which is what masked layers train with on the CPU.
     """
@@ -89,19 +122,20 @@ def lstm_layer_from_input(
     chosen = _resolve_backend(backend, x, masks)
     if chosen == "native":
         return lstm_layer_native(x, w_ih, bias, h0, c0, w_hh)
-    if chosen == "reference":
+    if chosen == "spec":
+        return lstm_layer_loop(linear(x, w_ih, bias), h0, c0, w_hh, masks)
+    if chosen == "compiled":
         return lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks)
     return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, **masks._asdict(), backend="triton")
 
 
 def _resolve_backend(backend: str, t: torch.Tensor, masks: RecurrentMasks, *, native: bool = True) -> str:
-    """"native", "reference" or "triton".
+    """"native", "spec", "compiled" or "triton".
 
     "auto": torch's fused LSTM when no mask is on the recurrence (and ``native``, i.e. the input x is
     at hand), else Triton for CUDA tensors when it is installed, else the reference.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    backend = canonical_backend(backend)
     unmasked = all(m is None for m in masks)
     if backend == "native":
         if not unmasked:
@@ -109,12 +143,12 @@ def _resolve_backend(backend: str, t: torch.Tensor, masks: RecurrentMasks, *, na
             raise ValueError(f"backend 'native' runs layers without recurrent masks; this one has {', '.join(present)}")
         if not native_supported(t):
             raise ValueError(f"backend 'native' does not run {t.dtype} on {t.device.type}; "
-                             f"use backend 'auto' or 'reference'")
+                             f"use backend 'auto' or 'compiled'")
         return "native"
     if backend == "auto":
         if native and unmasked and native_supported(t):
             return "native"
-        return "triton" if t.is_cuda and _triton_usable() else "reference"
+        return "triton" if t.is_cuda and _triton_usable() else "compiled"
     return backend
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_ext
-from .contract import RecurrentMasks
-from .gemm import PackedWeight, mm_t
+from kernels import cpu_ext
+from kernels.contract import RecurrentMasks
+from kernels.gemm import PackedWeight, mm_t
 
 __all__ = ["lstm_step", "lstm_layer_loop", "lstm_layer_reference", "lstm_layer_projected_reference"]
 

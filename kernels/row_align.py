@@ -27,7 +27,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .contract import RecurrentMasks
+from kernels.contract import RecurrentMasks
 
 __all__ = ["ALIGN_ENV", "ROW_MULTIPLE", "align_default", "pad_units", "padded_width"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_fw import _grid_barrier, _mm
+from kernels.triton_fw import _grid_barrier, _mm
 
 __all__ = ["lstm_bw_kernel"]
 

@@ -41,11 +41,11 @@ import torch
 import triton
 import triton.language as tl
 
-from . import spill_free
-from .contract import RecurrentMasks
-from .row_align import align_default, pad_units, padded_width
-from .triton_bw import lstm_bw_kernel
-from .triton_fw import lstm_fw_kernel
+from kernels import spill_free
+from kernels.contract import RecurrentMasks
+from kernels.row_align import align_default, pad_units, padded_width
+from kernels.triton_bw import lstm_bw_kernel
+from kernels.triton_fw import lstm_fw_kernel
 
 __all__ = [
     "LaunchConfig", "SUPPORTED_DTYPES", "interpreted", "kernel_constexprs", "launch_config", "lstm_layer_triton",

@@ -46,20 +46,22 @@ def check_device(name: str) -> torch.device:
 
 def check_backend(backend: str, device: str) -> None:
     """The recurrence backend can run on ``device`` (Triton needs CUDA, or the interpreter on CPU)."""
-    from kernels.layer import BACKENDS
+    from kernels.layer import canonical_backend
 
-    if backend not in BACKENDS:
-        raise PreflightError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    try:
+        backend = canonical_backend(backend)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
     if backend != "triton":
         return
     try:
         from kernels.triton_lstm import interpreted
     except ImportError:
         raise PreflightError("backend 'triton' needs the triton package (pip install triton); "
-                             "use --backend auto or reference") from None
+                             "use --backend auto or compiled") from None
     if torch.device(device).type == "cpu" and not interpreted():
         raise PreflightError("backend 'triton' runs on CPU only under the Triton interpreter (set TRITON_INTERPRET=1, "
-                             "slow, for tests); use --backend auto or reference on CPU, or --device cuda")
+                             "slow, for tests); use --backend auto or compiled on CPU, or --device cuda")
 
 
 def check_folder(path: str | Path, what: str) -> Path:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from probe.preflight import PreflightError, check_device, check_device_name, check_folder
-from probe.run_folder import LOG
-from probe.runs import CellResult
+from probe.runs.folder import LOG
+from probe.runs.cells import CellResult
 
 
 def add_grid_options(p: argparse.ArgumentParser, *, study: str, jobs: int) -> None:

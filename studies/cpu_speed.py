@@ -69,10 +69,10 @@ def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, fl
         lstm(x)[0].backward(grad_out)
 
     def layer():
-        lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)
+        lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, recurrent=rec, backend="compiled")[0].backward(grad_out)
 
     def recurrence():
-        lstm_layer(gx_leaf, h0, c0, w_hh, recurrent=rec, backend="reference")[0].backward(grad_out)
+        lstm_layer(gx_leaf, h0, c0, w_hh, recurrent=rec, backend="compiled")[0].backward(grad_out)
 
     runs = {"torch.nn.LSTM": nn_lstm, "layer": layer, "recurrence": recurrence}
     return interleaved_medians(runs, rounds)
@@ -81,7 +81,7 @@ def measure(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, fl
 def measure_modules(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[str, float]:
     """Median milliseconds for forward+backward of whole one-layer modules with the same weights:
     torch.nn.LSTM, MaskedLSTM without masks, MaskedLSTM with variational masks (training mode)."""
-    from probe.masked_lstm import MaskedLSTM
+    from probe.model.masked_lstm import MaskedLSTM
 
     g = torch.Generator().manual_seed(0)
     lstm = torch.nn.LSTM(H, H)
@@ -131,7 +131,7 @@ def measure_kinds(T: int, B: int, H: int, rounds: int, p: float = 0.3) -> dict[s
             masks = {field: mask(scope)}
 
         def run(masks=masks):
-            hs = lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, **masks, backend="reference")[0]
+            hs = lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, **masks, backend="compiled")[0]
             hs.backward(grad_out)
 
         runs[label] = run

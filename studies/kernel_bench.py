@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probe.figures import EXTRA_COLOURS, PALETTE, figure_style, new_figure, plain_numbers, to_svg
+from probe.report.plotting import EXTRA_COLOURS, PALETTE, figure_style, new_figure, plain_numbers, to_svg
 from probe.files import write_atomic
-from probe.report import data_uri, render, to_json
+from probe.report.html import data_uri, render, to_json
 
 PASS_KEYS = ("pass", "direction", "phase", "mode")
 PASSES = ("forward", "backward", "forward_backward", "fwd", "bwd", "fwd_bwd", "fwdbwd", "train", "inference")

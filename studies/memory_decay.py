@@ -7,11 +7,11 @@
 
 Trains a grid of placements x seeds on each corpus of the preset, measures
 every model's memory (``probe.measure``), tests each placement against a
-reference placement across seeds (``probe.stats``) and writes one
+reference placement across seeds (``probe.analysis.inference``) and writes one
 self-contained report per corpus: ``<out>/memory_decay.html`` for the default
 preset (``memory_decay_<preset>.html`` for the others; a second corpus adds
 ``_<corpus>``), with the data as CSV and JSON beside them. The report opens
-with its answer and its validity checks (``probe.validity``). Runs are cached under ``--runs-dir`` by a hash of
+with its answer and its validity checks (``probe.report.validity``). Runs are cached under ``--runs-dir`` by a hash of
 their configuration, so an interrupted study resumes where it stopped.
 """
 
@@ -28,19 +28,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe import report_text, stats
-from probe.answer import answer_columns, answer_metrics, answer_table, headline
-from probe.corpus import CorpusError
-from probe.datasets import load_corpus
-from probe.grid import run_grid
-from probe.runs import Cell, CellResult
-from probe.ray_executor import ClusterError
+from probe.report import text as report_text
+
+from probe.analysis import compare
+from probe.report.answer import answer_columns, answer_metrics, answer_table, headline
+from probe.data.corpus import CorpusError
+from probe.data.registry import load_corpus
+from probe.runs.grid import run_grid
+from probe.runs.cells import Cell, CellResult
+from probe.runs.ray_executor import ClusterError
 from probe.measure import MeasureConfig, run_all
 from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
-from probe.figures import dose_figure, forest_figure, placement_styles, standard_figures
-from probe.report import collect_environment, render_report
-from probe.train import RunConfig, preset
-from probe.validity import planted_lags, validity_checks
+from probe.report.effect_figures import dose_figure, forest_figure
+from probe.report.plotting import placement_styles
+from probe.report.figures import standard_figures
+from probe.report.html import collect_environment, render_report
+from probe.runs.config import RunConfig, preset
+from probe.report.validity import planted_lags, validity_checks
 from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
                         report_failures)
 
@@ -64,7 +68,7 @@ class CorpusPlan:
     measure: MeasureConfig
     split: str = "canonical"
     optional: bool = False  # include only when its files are found
-    base: str = "tiny"  # the probe.train preset that ``run`` overrides
+    base: str = "tiny"  # the probe.runs.train preset that ``run`` overrides
 
     def run_config(self, placement: str, seed: int, device: str) -> RunConfig:
         return preset(self.base, **{**self.run, "corpus": self.corpus, "split": self.split,
@@ -82,19 +86,19 @@ class StudyPreset:
     long_lag: int = 10  # a lag for long-range influence
 
 
-def study_metrics(lags: list[int], short_lag: int, long_lag: int) -> list[stats.Metric]:
+def study_metrics(lags: list[int], short_lag: int, long_lag: int) -> list[compare.Metric]:
     """The tested metrics: the answer table's first (test perplexity, recall at each planted lag,
     influence half-life, influence kept under training masks), then the rest of the evidence."""
     metrics = answer_metrics(lags, short_lag)
     metrics += [
-        stats.Metric("influence_kl", x=short_lag, mode="train",
+        compare.Metric("influence_kl", x=short_lag, mode="train",
                      label=f"training-mode influence at lag {short_lag}", unit="nats"),
-        stats.Metric("influence_kl", x=long_lag, mode="eval",
+        compare.Metric("influence_kl", x=long_lag, mode="eval",
                      label=f"evaluation-mode influence at lag {long_lag}", unit="nats"),
-        stats.Metric("probe_bits", x=short_lag, mode="eval",
+        compare.Metric("probe_bits", x=short_lag, mode="eval",
                      label=f"probe information about the token {short_lag} back (top layer)", unit="bits"),
-        stats.Metric("valid_ppl"),
-        stats.Metric("effective_context", mode="eval"),
+        compare.Metric("valid_ppl"),
+        compare.Metric("effective_context", mode="eval"),
     ]
     return metrics
 
@@ -120,7 +124,7 @@ def _doses(rates=(0.1, 0.3, 0.5)) -> tuple[str, ...]:
     return tuple(out)
 
 
-# The synthetic language with marked recalls (probe.synthetic, docs/synthetic.md): a Markov chain over
+# The synthetic language with marked recalls (probe.data.synthetic, docs/synthetic.md): a Markov chain over
 # 16 tokens, and copies of a <mark>ed token planted 3, 8 and 20 tokens later. Its regime was chosen by
 # the validity checks (docs/regime.md), never by how the placements compare.
 _SYNTHETIC_SMOKE = "synthetic:vocab=8,train=6000,valid=3000,test=2000,lags=2+5+10,cue=0.3,mark=1"
@@ -289,7 +293,7 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
     lags = planted_lags(df)
     metrics = study_metrics(lags, study.short_lag, study.long_lag)
-    tests = stats.test_against_reference(df, reference, _present(df, metrics))
+    tests = compare.test_against_reference(df, reference, _present(df, metrics))
     checks = validity_checks(df, optimum_ppl=optimum)
     answer_cols = answer_columns(lags, study.short_lag)
     styles = placement_styles(df["placement"].unique())
@@ -309,12 +313,12 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
     )
 
 
-def _present(df: pd.DataFrame, metrics: list[stats.Metric]) -> list[stats.Metric]:
+def _present(df: pd.DataFrame, metrics: list[compare.Metric]) -> list[compare.Metric]:
     """The metrics this study measured (a real corpus has no recall; a short max_lag no long lag)."""
     out = []
     for m in metrics:
         try:
-            if len(stats.metric_values(df, m)):
+            if len(compare.metric_values(df, m)):
                 out.append(m)
         except ValueError:
             continue
@@ -404,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings: a registry name, "
                    "a synthetic spec, or your own text (PATH.txt, a folder with train/valid/test.txt, or "
                    "text,level=char,valid=0.1,test=0.1:PATH)")
-    p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.datasets)")
+    p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.data.registry)")
     add_grid_options(p, study="memory_decay", jobs=2)
     return p
 

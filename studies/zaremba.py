@@ -27,17 +27,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe import report_text, stats
-from probe.corpus import CorpusError
-from probe.datasets import load_corpus
-from probe.figures import standard_figures
-from probe.grid import run_grid
-from probe.runs import Cell, CellResult
-from probe.ray_executor import ClusterError
+from probe.report import text as report_text
+
+from probe.analysis import compare, inference
+from probe.data.corpus import CorpusError
+from probe.data.registry import load_corpus
+from probe.report.figures import standard_figures
+from probe.runs.grid import run_grid
+from probe.runs.cells import Cell, CellResult
+from probe.runs.ray_executor import ClusterError
 from probe.placements import PlacementError, parse_placement
-from probe.report import collect_environment, render_report
-from probe.train import PRESETS as TRAIN_PRESETS
-from probe.train import preset
+from probe.report.html import collect_environment, render_report
+from probe.runs.config import PRESETS as TRAIN_PRESETS
+from probe.runs.config import preset
 from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
                         report_failures)
 
@@ -110,7 +112,7 @@ def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitut
             rows = tidy[tidy["placement"] == label]
             parts = []
             for measure, paper in zip(("valid_ppl", "test_ppl"), PAPER[size]):
-                ci = stats.mean_ci(rows.loc[rows["measure"] == measure, "value"].dropna().to_numpy())
+                ci = inference.mean_ci(rows.loc[rows["measure"] == measure, "value"].dropna().to_numpy())
                 parts.append(f"{measure.split('_')[0]} {report_text.fmt(ci.mean)} (95% CI [{report_text.fmt(ci.low)}, "
                              f"{report_text.fmt(ci.high)}], n = {ci.n}) against the paper's {paper}")
             sentences.append(f"{label}: " + "; ".join(parts) + ".")
@@ -159,7 +161,7 @@ def run_study(args) -> tuple[Path | None, int, int]:
     }
     methods = [
         f"Corpus: {corpus.label}: {corpus.split_note}",
-        "Protocol (probe.train): plain SGD at learning rate 1, held for the paper's number of epochs and then divided "
+        "Protocol (probe.runs.train): plain SGD at learning rate 1, held for the paper's number of epochs and then divided "
         "every epoch, gradient norm clipped, uniform initialisation, hidden state carried across BPTT windows; "
         "evaluation carries state with no dropout. Paper values: Zaremba, Sutskever & Vinyals 2014, Table 1.",
     ]
@@ -167,7 +169,7 @@ def run_study(args) -> tuple[Path | None, int, int]:
     env = collect_environment(jobs=str(args.jobs))
     report = render_report(
         path, title=title, question=QUESTION, config=config, placements=placements,
-        tidy=tidy, tests=pd.DataFrame(columns=stats.TEST_COLUMNS), summary=summary(tidy, paired, substitute, args.corpus),
+        tidy=tidy, tests=pd.DataFrame(columns=compare.TEST_COLUMNS), summary=summary(tidy, paired, substitute, args.corpus),
         environment=env, figures=[f for f in standard_figures(tidy) if f.key in ("perplexity", "training")],
         methods=methods,
     )

@@ -1,13 +1,13 @@
-"""probe.answer: the headline and answer table come from the tests and checks, and say no more than they allow."""
+"""probe.report.answer: the headline and answer table come from the tests and checks, and say no more than they allow."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from probe import stats
-from probe.answer import answer_columns, answer_table, headline
-from probe.validity import Check
+from probe.analysis import compare
+from probe.report.answer import answer_columns, answer_table, headline
+from probe.report.validity import Check
 
 LAGS = [3, 8, 20]
 SEEDS = range(6)
@@ -35,7 +35,7 @@ def tidy() -> pd.DataFrame:
 def comparisons(df: pd.DataFrame) -> pd.DataFrame:
     metrics = [c.metric for c in answer_columns(LAGS, None)]
     present = [m for m in metrics if (df["measure"] == m.measure).any()]
-    return stats.test_against_reference(df, "none", present)
+    return compare.test_against_reference(df, "none", present)
 
 
 PASSING = [Check("overfits", "t", True, "", "f1"), Check("memory_learned", "t", True, "", "f2")]
@@ -94,8 +94,8 @@ def test_infinite_values_take_their_direction_from_the_rank_test():
         rows.append(dict(placement="zaremba:p=0.3", seed=s, measure="influence_kl_eval_half_life", x_name="",
                          x=np.nan, value=np.inf, layer=-1, mode="eval"))
     df = pd.DataFrame(rows)
-    metric = stats.Metric("influence_kl_eval_half_life", mode="eval")
-    tests = stats.test_against_reference(df, "none", [metric])
+    metric = compare.Metric("influence_kl_eval_half_life", mode="eval")
+    tests = compare.test_against_reference(df, "none", [metric])
     assert np.isnan(tests["diff"].iloc[0]) and tests["p_holm"].iloc[0] < 0.05
     table = answer_table(df, tests, [c for c in answer_columns([], None) if c.metric.measure == metric.measure], "none")
     zaremba = next(r for r in table["rows"] if r["placement"] == "zaremba:p=0.3")
@@ -109,7 +109,7 @@ def test_holm_out_of_reach_is_called_unreachable_not_indistinguishable():
                   "rnndrop:p=0.3,cell=0.3"]
     rows = [dict(placement=p, seed=s, measure="test_ppl", x_name="", x=np.nan, value=4.0 - 0.1 * i + 0.01 * s,
                  layer=-1, mode="") for i, p in enumerate(placements) for s in range(5)]
-    tests = stats.test_against_reference(pd.DataFrame(rows), "none", ["test_ppl"])
+    tests = compare.test_against_reference(pd.DataFrame(rows), "none", ["test_ppl"])
     sentences = headline(tests, PASSING, reference="none", lags=[])
     assert any("7 of 7 comparisons cannot reach significance" in s for s in sentences)
 

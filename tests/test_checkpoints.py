@@ -1,4 +1,4 @@
-"""probe.checkpoints and ``python -m probe.measure``: models trained elsewhere, converted without changing them.
+"""probe.runs.checkpoints and ``python -m probe.measure``: models trained elsewhere, converted without changing them.
 
 pytorch/examples' word_language_model is mirrored here in miniature: its
 data.py (``Dictionary``, ``ExamplesCorpus``), its ``RNNModel`` (LSTM: encoder,
@@ -26,9 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probe.checkpoints import CheckpointError, examples_corpus, load_checkpoint
-from probe.corpus import batchify
-from probe.train import evaluate, preset, train
+from probe.runs.checkpoints import CheckpointError, load_checkpoint
+
+from probe.runs.examples_checkpoint import examples_corpus
+from probe.data.corpus import batchify
+from probe.runs.train import evaluate, train
+from probe.runs.config import preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REL = 1e-5

@@ -17,7 +17,7 @@ import textwrap
 
 import pytest
 
-from kernels import compile_check
+from kernels.tools import compile_check
 
 
 def _compiler_env() -> dict:
@@ -27,7 +27,7 @@ def _compiler_env() -> dict:
 @pytest.fixture(scope="module")
 def compiler_env():
     """The environment to compile in, or a skip naming why this Triton cannot."""
-    code = "from kernels.compile_check import _preflight; print(_preflight() or 'ok')"
+    code = "from kernels.tools.compile_check import _preflight; print(_preflight() or 'ok')"
     env = _compiler_env()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     why = proc.stdout.strip() if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -57,7 +57,7 @@ def test_a_spill_or_a_compile_error_is_a_problem():
 
 def test_the_quick_subset_compiles_without_spills(compiler_env, tmp_path):
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--quick", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "kernels.tools.compile_check", "--quick", "--json", str(out)],
                           env=compiler_env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.exists(), proc.stderr[-3000:]
     rows = json.loads(out.read_text())["variants"]
@@ -70,7 +70,7 @@ def test_the_quick_subset_compiles_without_spills(compiler_env, tmp_path):
 
 SAME_AS_TRITON = textwrap.dedent(
     """
-    from kernels import compile_check as cc
+    from kernels.tools import compile_check as cc
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import make_backend

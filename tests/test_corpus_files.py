@@ -1,4 +1,4 @@
-"""probe.textcorpus: corpora from the user's own text files and folders, through load_corpus and probe.train."""
+"""probe.data.text: corpora from the user's own text files and folders, through load_corpus and probe.runs.train."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from probe.corpus import CorpusError
-from probe.datasets import corpus_fingerprint, load_corpus
-from probe.textcorpus import is_text_spec, parse_text_spec
-from probe.train import RunConfig, main, preset, train
+from probe.data.corpus import CorpusError
+from probe.data.registry import corpus_fingerprint, load_corpus
+from probe.data.text import is_text_spec, parse_text_spec
+from probe.runs.config import preset
+from probe.runs.cli import main
+from probe.runs.train import train
 
 
 def _write(path: Path, text: str | bytes) -> Path:
@@ -270,7 +272,7 @@ def test_a_run_folder_of_other_file_contents_is_never_reused(tmp_path):
         train(config, run_dir, progress=False, stop_after_epoch=0)
 
 
-# --------------------------------------------------------------------------- probe.train
+# --------------------------------------------------------------------------- probe.runs.train
 
 
 def _cli(*args, cwd):

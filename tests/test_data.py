@@ -1,4 +1,4 @@
-"""probe.corpus and probe.datasets: registry, verified loading, substitute splits, downloads, batching.
+"""probe.data.corpus and probe.data.registry: registry, verified loading, substitute splits, downloads, batching.
 
 Real corpora come from the shared data folder (fixture ``shared_data`` in
 conftest.py); downloads are tested against a real HTTP server on 127.0.0.1.
@@ -19,15 +19,9 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from probe.corpus import SPLITS, CorpusError, Vocab, batchify, bptt_windows, num_windows
-from probe.datasets import (
-    DATASETS,
-    DatasetSpec,
-    SourceFile,
-    download,
-    load_corpus,
-    resolve_data_dir,
-)
+from probe.data.corpus import SPLITS, CorpusError, Vocab, batchify, bptt_windows, num_windows
+from probe.data.registry import DATASETS, DatasetSpec, SourceFile, load_corpus, resolve_data_dir
+from probe.data.download import download
 
 # --------------------------------------------------------------------------- helpers
 

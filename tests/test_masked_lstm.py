@@ -1,4 +1,4 @@
-"""probe.masked_lstm: MaskedLSTM is torch.nn.LSTM without masks, and the loop spec with them.
+"""probe.model.masked_lstm: MaskedLSTM is torch.nn.LSTM without masks, and the loop spec with them.
 
 - without masks: outputs and every gradient equal nn.LSTM's, over random
   shapes, biases on and off, batch-first or not, with and without a state;
@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import probe.model
+import probe.model.language_model
 from kernels import RecurrentMasks
 from kernels.reference import lstm_layer_loop
-from probe.masked_lstm import LayerMasks, LSTMMasks, MaskedLSTM, masked_lstm_layer
-from probe.model import LanguageModel, ModelConfig
+from probe.model.masked_lstm import LayerMasks, LSTMMasks, MaskedLSTM, masked_lstm_layer
+from probe.model.language_model import LanguageModel, ModelConfig
 from probe.placements import RECURRENT_SITES, UNSCALED_SITES, ZONEOUT_SITES, PlacementError, Scope, Site, parse_placement
 
 F64 = torch.float64
@@ -436,7 +436,7 @@ def test_positional_arguments_are_nn_lstms():
         (dict(num_layers=0), ValueError, "num_layers must be a positive integer"),
         (dict(hidden_size=0), ValueError, "hidden_size must be a positive integer"),
         (dict(input_size=2.5), ValueError, "input_size must be a positive integer"),
-        (dict(backend="cuda"), ValueError, "backend must be one of auto, reference, triton"),
+        (dict(backend="cuda"), ValueError, "unknown backend 'cuda'; valid backends: auto, spec, compiled, native, triton"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(kw, exc, needle):
@@ -491,7 +491,7 @@ def test_language_model_runs_the_shared_layer_and_equals_masked_lstm(monkeypatch
         calls.append(1)
         return masked_lstm_layer(*a, **kw)
 
-    monkeypatch.setattr(probe.model, "masked_lstm_layer", counting)
+    monkeypatch.setattr(probe.model.language_model, "masked_lstm_layer", counting)
     with torch.no_grad():
         _, state, hidden = lm(ids, masks=lm_masks, return_hidden=True)
         out, (h_n, c_n) = m(lm.embedding(ids), masks=LSTMMasks(lm_masks.layers, lm_masks.output))

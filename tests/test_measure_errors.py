@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from probe.corpus import Corpus, Vocab
+from probe.data.corpus import Corpus, Vocab
 from probe.measure import (
     MeasureConfig,
     context_length_curve,
@@ -19,7 +19,7 @@ from probe.measure import (
     recall_accuracy,
     run_all,
 )
-from probe.model import LanguageModel, ModelConfig
+from probe.model.language_model import LanguageModel, ModelConfig
 
 V = 6
 CONFIG = MeasureConfig(max_lag=4, stream_batch=2, context_lengths=(1, 2, 5), influence_windows=8,
@@ -58,7 +58,7 @@ ALL = {
 
 @pytest.mark.parametrize("name", ALL)
 def test_a_model_of_the_wrong_kind_is_rejected(name):
-    with pytest.raises(ValueError, match="probe.model.LanguageModel.*got Linear"):
+    with pytest.raises(ValueError, match="probe.model.language_model.LanguageModel.*got Linear"):
         ALL[name](nn.Linear(3, 3), stream())
 
 

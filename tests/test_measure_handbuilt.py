@@ -21,7 +21,7 @@ import math
 import pytest
 import torch
 
-from probe.corpus import batchify
+from probe.data.corpus import batchify
 from probe.measure import (
     MeasureConfig,
     context_length_curve,
@@ -31,7 +31,7 @@ from probe.measure import (
 )
 from probe.measure.influence import _influence
 from probe.measure.stream import Layout, gather_windows, repeat_masks, stream_states
-from probe.model import LanguageModel, ModelConfig
+from probe.model.language_model import LanguageModel, ModelConfig
 
 SATURATE = 20.0  # sigmoid(20) rounds to 1 and sigmoid(-20) is ~2e-9 in float32
 K = 6

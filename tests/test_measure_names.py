@@ -1,15 +1,17 @@
-"""probe.measure_names covers exactly the measure names that producers emit, with a direction for each."""
+"""probe.measure.names covers exactly the measure names that producers emit, with a direction for each."""
 
 from __future__ import annotations
 
 import pytest
 
-from probe import measure_names, stats
-from probe.datasets import load_corpus
-from probe.runs import Cell, CellResult
-from probe.train import RunResult
+from probe.measure import names as measure_names
+
+from probe.analysis import compare
+from probe.data.registry import load_corpus
+from probe.runs.cells import Cell, CellResult
+from probe.runs.config import RunResult
 from probe.measure import run_all
-from probe.model import LanguageModel
+from probe.model.language_model import LanguageModel
 from studies.memory_decay import PRESETS, training_rows
 
 
@@ -48,13 +50,13 @@ def test_summaries_resolve_with_their_curves_direction():
 @pytest.mark.parametrize("name", ["context_nll", "position_nll", "full_context_nll", "context_ppl", "test_ppl",
                                   "influence_kl_eval_decay_rate", "probe_bits_eval_decay_rate"])
 def test_losses_perplexities_and_decay_rates_are_lower_is_better(name):
-    assert stats.Metric(name).better_is_higher is False
+    assert compare.Metric(name).better_is_higher is False
 
 
 @pytest.mark.parametrize("name", ["recall_accuracy", "influence_kl", "probe_bits", "influence_kl_eval_half_life",
                                   "effective_context", "influence_kl_retained"])
 def test_memory_measures_are_higher_is_better(name):
-    assert stats.Metric(name).better_is_higher is True
+    assert compare.Metric(name).better_is_higher is True
 
 
 def test_controls_have_no_direction_and_cannot_be_tested():
@@ -64,7 +66,7 @@ def test_controls_have_no_direction_and_cannot_be_tested():
 
 
 def test_metric_descriptions_name_the_right_axis():
-    assert stats.Metric("context_nll", x=10).description.endswith("at context length 10")
-    assert stats.Metric("position_nll", x=5).description.endswith("at position 5")
-    assert stats.Metric("recall_accuracy", x=20).description.endswith("at lag 20")
+    assert compare.Metric("context_nll", x=10).description.endswith("at context length 10")
+    assert compare.Metric("position_nll", x=5).description.endswith("at position 5")
+    assert compare.Metric("recall_accuracy", x=20).description.endswith("at lag 20")
     assert measure_names.lookup("influence_hidden").label == "relative hidden-state distance"

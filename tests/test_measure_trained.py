@@ -1,6 +1,6 @@
 """probe.measure on a tiny model trained for a second or two on a small synthetic corpus.
 
-The model is trained once per module with ``probe.train.train`` (preset
+The model is trained once per module with ``probe.runs.train.train`` (preset
 tiny, a few epochs) and shared by every test here.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probe.corpus import batchify
+from probe.data.corpus import batchify
 from probe.measure import (
     MeasureConfig,
     context_length_curve,
@@ -29,9 +29,10 @@ from probe.measure import context as context_module
 from probe.measure.checks import heldout, unigram
 from probe.measure.probe_info import untrained_copy
 from probe.measure.stream import Layout, stream_predictions
-from probe.model import LanguageModel
-from probe.synthetic import load_synthetic
-from probe.train import evaluate, preset, train
+from probe.model.language_model import LanguageModel
+from probe.data.synthetic import load_synthetic
+from probe.runs.train import evaluate, train
+from probe.runs.config import preset
 
 SPEC = "synthetic:vocab=8,lags=2+4,cue=0.3,branching=2,train=12000,valid=4000,test=500"
 RUN = preset("tiny", corpus=SPEC, epochs=10, lr=10.0, batch_size=16, decay_after=8, placement="zaremba:p=0.1")

@@ -1,4 +1,4 @@
-"""probe.model: shapes, Zaremba's initialisation, weight tying, carried state, and where each mask acts.
+"""probe.model.language_model: shapes, Zaremba's initialisation, weight tying, carried state, and where each mask acts.
 
 Mask-site tests pass ``masks=`` explicitly with one site set to a value whose
 effect is known exactly (all zeros, all ones) and every other site empty, so
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kernels import RecurrentMasks
-from probe.model import LanguageModel, LayerMasks, ModelConfig, ModelMasks, detach_state
+from probe.model.language_model import LanguageModel, LayerMasks, ModelConfig, ModelMasks, detach_state
 from probe.placements import PLACEMENT_NAMES, PlacementError
 
 V, E, H, L = 17, 6, 5, 2
@@ -369,7 +369,7 @@ def test_model_config_is_frozen():
 
 
 def test_forget_bias_shifts_only_the_forget_gate_biases():
-    from probe.model import LanguageModel, ModelConfig
+    from probe.model.language_model import LanguageModel, ModelConfig
 
     def model(forget_bias):
         torch.manual_seed(3)

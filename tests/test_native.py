@@ -13,7 +13,7 @@ import torch
 
 import kernels.layer
 from kernels import RecurrentMasks, lstm_layer, lstm_layer_from_input
-from probe.model import LanguageModel, ModelConfig
+from probe.model.language_model import LanguageModel, ModelConfig
 
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 

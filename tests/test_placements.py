@@ -16,11 +16,10 @@ import torch
 
 from kernels import MASK_NAMES, lstm_layer
 from kernels.reference import lstm_layer_loop
-from probe.model import LanguageModel, ModelConfig
+from probe.model.language_model import LanguageModel, ModelConfig
 from probe.placements import (
     PLACEMENT_NAMES,
     REGISTRY,
-    Placement,
     PlacementError,
     Scope,
     Site,
@@ -504,16 +503,16 @@ def test_step_masks_differ_between_steps(monkeypatch):
 
 def _layer0_input(monkeypatch, spec: str, T: int, B: int) -> torch.Tensor:
     """The (masked) input of layer 0 in a training forward over one repeated token."""
-    import probe.model
+    import probe.model.language_model
 
     seen = []
-    real_layer = probe.model.lstm_layer_from_input
+    real_layer = probe.model.language_model.lstm_layer_from_input
 
     def spy(x, *args, **kwargs):
         seen.append(x.detach().clone())
         return real_layer(x, *args, **kwargs)
 
-    monkeypatch.setattr(probe.model, "lstm_layer_from_input", spy)
+    monkeypatch.setattr(probe.model.language_model, "lstm_layer_from_input", spy)
     model = make_model(spec).train()
     model(torch.full((T, B), 3), generator=gen())
     x = seen[0]
@@ -545,12 +544,12 @@ def test_weight_mask_is_one_tensor_per_layer_shared_by_batch_and_time():
 
 
 def test_embedding_mask_has_one_value_per_word_id(monkeypatch):
-    import probe.model
+    import probe.model.language_model
 
     seen = []
-    real_layer = probe.model.lstm_layer_from_input
+    real_layer = probe.model.language_model.lstm_layer_from_input
     monkeypatch.setattr(
-        probe.model, "lstm_layer_from_input",
+        probe.model.language_model, "lstm_layer_from_input",
         lambda x, *args, **kwargs: (seen.append(x.detach().clone()), real_layer(x, *args, **kwargs))[1],
     )
     model = make_model("variational:p=0,rec=0,emb=0.5")  # embedding dropout only

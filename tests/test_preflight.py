@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import probe.runs
+import probe.runs.cells
 from probe.preflight import PreflightError, check_backend, check_device, check_folder
 from studies import memory_decay, zaremba
 
@@ -53,7 +53,7 @@ def test_a_file_or_an_unwritable_place_is_no_folder(tmp_path):
 
 
 def test_backends_are_checked_against_the_device():
-    with pytest.raises(PreflightError, match="valid backends: auto, reference, triton, native"):
+    with pytest.raises(PreflightError, match="valid backends: auto, spec, compiled, native, triton"):
         check_backend("bogus", "cpu")
     check_backend("reference", "cpu")
 
@@ -134,7 +134,7 @@ def test_probe_train_refuses_bad_arguments_in_one_line(tmp_path):
 
 
 def failing_train(placements):
-    real = probe.runs.train
+    real = probe.runs.cells.train
 
     def train(config, *args, **kwargs):
         if placements is None or config.placement in placements:
@@ -146,7 +146,7 @@ def failing_train(placements):
 def test_a_study_whose_every_run_fails_exits_non_zero_and_keeps_the_old_report(tmp_path, capsys, monkeypatch):
     report = tmp_path / "memory_decay_smoke.html"
     report.write_text("the previous report")
-    monkeypatch.setattr(probe.runs, "train", failing_train(None))  # the runs folder turned read-only
+    monkeypatch.setattr(probe.runs.cells, "train", failing_train(None))  # the runs folder turned read-only
     assert memory_decay.main([*SMOKE, "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -161,7 +161,7 @@ def test_a_study_whose_every_run_fails_exits_non_zero_and_keeps_the_old_report(t
 
 
 def test_one_failed_run_still_gives_a_report_and_a_non_zero_exit(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(probe.runs, "train", failing_train({"none"}))
+    monkeypatch.setattr(probe.runs.cells, "train", failing_train({"none"}))
     assert memory_decay.main([*SMOKE, "--out", str(tmp_path), "--reference", "zaremba"]) == 1
     err = capsys.readouterr().err
     assert "1 of 2 runs failed" in err and "Traceback" not in err

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from probe.grid import run_grid
+from probe.runs.grid import run_grid
 from probe.measure import run_all
 from probe.placements import parse_placement
-from probe.ray_executor import ClusterError, connect
+from probe.runs.ray_executor import ClusterError, connect
 from studies.memory_decay import PRESETS, plan_cells
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
@@ -115,6 +115,6 @@ def test_unreachable_cluster_and_impossible_requests_give_clear_errors(cluster, 
 
 
 def connect_fresh(address):
-    from probe.ray_executor import _reachable
+    from probe.runs.ray_executor import _reachable
 
     _reachable(address)

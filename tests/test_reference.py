@@ -297,7 +297,7 @@ def _call(**changes):
         (dict(zoneout_h=torch.ones(3, 4)), ["mask 'zoneout_h'", "got (3, 4)"]),
         (dict(cell_update=torch.ones(4)), ["mask 'cell_update'", "got (4,)"]),
         (dict(recurrent=torch.ones(1, 2, 4)), ["mask 'recurrent'", "got (1, 2, 4)"]),
-        (dict(backend="cudnn"), ["unknown backend 'cudnn'", "auto, reference, triton"]),
+        (dict(backend="cudnn"), ["unknown backend 'cudnn'", "auto, spec, compiled, native, triton"]),
     ],
 )
 def test_invalid_inputs_raise_errors_naming_the_problem(changes, expected):

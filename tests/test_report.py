@@ -1,6 +1,5 @@
 """The HTML report: files, figures, numbers, escaping, determinism; the kernel timings report; Chromium."""
 
-import base64
 import json
 import re
 from pathlib import Path
@@ -10,7 +9,10 @@ import pandas as pd
 import pytest
 
 from browser import chromium_binary, is_blank, render_in_chromium
-from probe import figures, report, report_text, stats
+from probe.report import figures, plotting
+from probe.report import html as report
+from probe.report import text as report_text
+from probe.analysis import compare, inference
 from studies import kernel_bench
 
 HOSTILE = "<script>alert(1)</script>"
@@ -62,11 +64,11 @@ def synthetic_tidy(placements=PLACEMENTS, seeds=range(5), *, lags=range(1, 13), 
     return pd.DataFrame(rows)
 
 
-METRICS = ["test_ppl", stats.Metric("influence_kl", x=10, mode="train"), "influence_kl_eval_half_life"]
+METRICS = ["test_ppl", compare.Metric("influence_kl", x=10, mode="train"), "influence_kl_eval_half_life"]
 
 
 def render(path: Path, tidy: pd.DataFrame, *, placements=PLACEMENTS, config=None, title="Memory under dropout") -> Path:
-    tests = stats.test_against_reference(tidy, "zaremba", METRICS)
+    tests = compare.test_against_reference(tidy, "zaremba", METRICS)
     return report.render_report(
         path, title=title, question="Where can dropout go in an LSTM without destroying its memory?",
         config=config or {"corpus": "synthetic", "model": {"layers": 2, "hidden": 64}, "seeds": [0, 1, 2, 3, 4]},
@@ -139,12 +141,12 @@ def test_a_missing_measure_leaves_a_note_instead_of_a_figure(tmp_path):
 
 
 def test_placements_keep_one_colour_in_every_figure():
-    styles = figures.placement_styles(["variational", "zaremba", "my_new_one", "zaremba:p=0.3"])
-    again = figures.placement_styles(["zaremba"])
-    assert styles["zaremba"].colour == again["zaremba"].colour == figures.PALETTE[1]  # registry order
+    styles = plotting.placement_styles(["variational", "zaremba", "my_new_one", "zaremba:p=0.3"])
+    again = plotting.placement_styles(["zaremba"])
+    assert styles["zaremba"].colour == again["zaremba"].colour == plotting.PALETTE[1]  # registry order
     assert styles["zaremba:p=0.3"].colour == styles["zaremba"].colour  # same placement, other line style
     assert styles["zaremba:p=0.3"].dashes != styles["zaremba"].dashes
-    assert styles["my_new_one"].colour not in figures.PALETTE
+    assert styles["my_new_one"].colour not in plotting.PALETTE
 
 
 def test_csv_beside_the_report_matches_the_printed_numbers(rendered):
@@ -155,7 +157,7 @@ def test_csv_beside_the_report_matches_the_printed_numbers(rendered):
     for placement in PLACEMENTS:
         for measure in ("valid_ppl", "test_ppl"):
             values = data[(data["placement"] == placement) & (data["measure"] == measure)]
-            ci = stats.mean_ci(values.groupby("seed")["value"].mean())
+            ci = inference.mean_ci(values.groupby("seed")["value"].mean())
             printed = f"{report_text.fmt(ci.mean)} <span class=\"ci\">[{report_text.fmt(ci.low)}, {report_text.fmt(ci.high)}]</span>"
             assert printed in rows[placement], (placement, measure)
             assert f"n = {ci.n}" in rows[placement]

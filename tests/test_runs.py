@@ -23,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import probe.manifest
-import probe.train
-from probe.manifest import DAMAGED, MANIFEST, Manifest
-from probe.run_folder import CHECKPOINT, CONFIG, METRICS, RESULT, RunFolder, measure_file
-from probe.runs import Cell, load_cached, run_cell, run_folder
-from probe.train import RunConfig, evaluate, preset, train
-from probe.corpus import batchify
+import probe.runs.manifest
+import probe.runs.train
+from probe.runs.manifest import DAMAGED, MANIFEST, Manifest
+from probe.runs.folder import CHECKPOINT, CONFIG, METRICS, RESULT, RunFolder, measure_file
+from probe.runs.cells import Cell, load_cached, run_cell, run_folder
+from probe.runs.config import RunConfig, preset
+from probe.runs.train import evaluate, train
+from probe.data.corpus import batchify
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = "synthetic:train=5000,valid=1000,test=1000"
@@ -71,13 +72,13 @@ def finished(tmp_path_factory):
 def count(monkeypatch):
     """Counts of epochs trained and measurements made during a test."""
     counts = {"epochs": 0}
-    real = probe.train._train_epoch
+    real = probe.runs.train._train_epoch
 
     def counting(*args, **kwargs):
         counts["epochs"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe.train, "_train_epoch", counting)
+    monkeypatch.setattr(probe.runs.train, "_train_epoch", counting)
     ppl_measure.calls = 0
     return counts
 
@@ -179,7 +180,7 @@ def test_a_write_killed_at_any_point_leaves_a_folder_that_verifies(tmp_path, mon
     m = Manifest(tmp_path)
     m.write("f.txt", "one\n")
     # Killed before the file was replaced: the old content is still accepted.
-    monkeypatch.setattr(probe.manifest, "write_atomic", _fail_on("f.txt", probe.manifest.write_atomic))
+    monkeypatch.setattr(probe.runs.manifest, "write_atomic", _fail_on("f.txt", probe.runs.manifest.write_atomic))
     with pytest.raises(KeyboardInterrupt):
         m.write("f.txt", "two\n")
     assert m.read("f.txt") == b"one\n"
@@ -284,7 +285,7 @@ def test_an_unreadable_result_json_names_no_parser_error(finished, tmp_path, cap
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from probe.run_folder import RunFolder
+    from probe.runs.folder import RunFolder
     RunFolder(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(120)
@@ -311,9 +312,9 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
 
 GRID = textwrap.dedent("""
     import json, sys
-    from probe.grid import run_grid
-    from probe.runs import Cell
-    from probe.train import preset
+    from probe.runs.grid import run_grid
+    from probe.runs.cells import Cell
+    from probe.runs.config import preset
     cells = [Cell(preset("tiny", corpus=%r, placement=p, seed=s, epochs=3))
              for p in ("none", "zaremba") for s in (0, 1)]
     results = run_grid(cells, sys.argv[1], None, jobs=1, threads=1, progress=False)
@@ -356,7 +357,7 @@ def test_a_folder_of_another_configuration_is_refused_in_one_place(finished, tmp
 
 
 def test_probe_measure_refuses_a_damaged_checkpoint_of_a_run_folder(finished, tmp_path):
-    from probe.checkpoints import CheckpointError, load_checkpoint
+    from probe.runs.checkpoints import CheckpointError, load_checkpoint
 
     runs, _ = finished
     shutil.copytree(runs, tmp_path / "runs")

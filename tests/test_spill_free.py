@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kernels import compile_check, spill_free
+from kernels import spill_free
+from kernels.tools import compile_check
 
 triton_lstm = pytest.importorskip("kernels.triton_lstm", reason="triton is not installed")
 

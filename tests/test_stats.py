@@ -1,4 +1,4 @@
-"""probe.stats against hand-worked examples and scipy."""
+"""probe.analysis.inference against hand-worked examples and scipy."""
 
 import itertools
 import math
@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from probe import report_text, stats
+from probe.report import text as report_text
+
+from probe.analysis import compare, inference
 
 
 def tidy_scalar(values: dict[str, list[float]], measure: str = "test_ppl") -> pd.DataFrame:
@@ -28,7 +30,7 @@ def tidy_scalar(values: dict[str, list[float]], measure: str = "test_ppl") -> pd
 
 def test_mean_ci_matches_scipy_t_interval():
     values = [83.6, 84.1, 83.9, 84.4, 83.7]
-    res = stats.mean_ci(values, confidence=0.95)
+    res = inference.mean_ci(values, confidence=0.95)
     low, high = sps.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sps.sem(values))
     assert res.n == 5
     assert res.mean == pytest.approx(np.mean(values))
@@ -37,17 +39,17 @@ def test_mean_ci_matches_scipy_t_interval():
 
 
 def test_mean_ci_of_one_seed_has_no_interval():
-    res = stats.mean_ci([3.0])
+    res = inference.mean_ci([3.0])
     assert res.mean == 3.0 and res.n == 1
     assert math.isnan(res.low) and math.isnan(res.high)
-    assert stats.mean_ci([]).n == 0
-    assert stats.mean_ci([1.0, np.nan, 3.0]).n == 2  # NaNs are dropped, not counted
+    assert inference.mean_ci([]).n == 0
+    assert inference.mean_ci([1.0, np.nan, 3.0]).n == 2  # NaNs are dropped, not counted
 
 
 def test_bootstrap_ci_is_seeded_and_matches_scipy_percentile():
     values = np.array([3.1, 4.0, 2.2, 5.5, 3.9, 4.4, 2.8])
-    a = stats.bootstrap_ci(values, np.median, method="percentile", seed=7, n_resamples=2000)
-    b = stats.bootstrap_ci(values, np.median, method="percentile", seed=7, n_resamples=2000)
+    a = inference.bootstrap_ci(values, np.median, method="percentile", seed=7, n_resamples=2000)
+    b = inference.bootstrap_ci(values, np.median, method="percentile", seed=7, n_resamples=2000)
     assert a == b
     ref = sps.bootstrap((values,), np.median, method="percentile", n_resamples=2000,
                         random_state=np.random.default_rng(7)).confidence_interval
@@ -56,10 +58,10 @@ def test_bootstrap_ci_is_seeded_and_matches_scipy_percentile():
 
 
 def test_bootstrap_ci_takes_any_statistic_and_falls_back_from_bca():
-    res = stats.bootstrap_ci([1.0, 2.0, 4.0, 8.0], lambda v: float(np.max(v) - np.min(v)), n_resamples=500)
+    res = inference.bootstrap_ci([1.0, 2.0, 4.0, 8.0], lambda v: float(np.max(v) - np.min(v)), n_resamples=500)
     assert res.statistic == 7.0 and res.low <= res.high
-    assert math.isnan(stats.bootstrap_ci([1.0]).low)
-    same = stats.bootstrap_ci([2.0, 2.0, 2.0])
+    assert math.isnan(inference.bootstrap_ci([1.0]).low)
+    same = inference.bootstrap_ci([2.0, 2.0, 2.0])
     assert (same.low, same.high) == (2.0, 2.0)
 
 
@@ -68,7 +70,7 @@ def test_bootstrap_ci_takes_any_statistic_and_falls_back_from_bca():
 
 def test_welch_matches_scipy():
     a, b = [1.2, 2.3, 2.9, 4.1, 3.3], [2.0, 3.9, 4.4, 5.8, 4.9, 6.2]
-    c = stats.compare(a, b, higher_is_better=True)
+    c = inference.compare(a, b, higher_is_better=True)
     ref = sps.ttest_ind(a, b, equal_var=False)
     assert c.t == pytest.approx(ref.statistic)
     assert c.p_welch == pytest.approx(ref.pvalue)
@@ -83,9 +85,9 @@ def test_exact_permutation_p_on_a_hand_example():
     # Splits of {1,...,6} into two groups of 3: 20. The difference of means is (2 S_a - 21) / 3,
     # so a = {1,2,4} (S_a = 7) is beaten or matched downwards only by {1,2,3} (6) and itself (7):
     # one-sided p = 2/20, two-sided p = 2 * 2/20 = 0.2.
-    assert stats.permutation_test([1, 2, 4], [3, 5, 6]).pvalue == pytest.approx(0.2)
+    assert inference.permutation_test([1, 2, 4], [3, 5, 6]).pvalue == pytest.approx(0.2)
     # Complete separation reaches the smallest possible value, 2 / C(6, 3) = 0.1.
-    assert stats.permutation_test([1, 2, 3], [4, 5, 6]).pvalue == pytest.approx(0.1)
+    assert inference.permutation_test([1, 2, 3], [4, 5, 6]).pvalue == pytest.approx(0.1)
 
 
 def test_exact_permutation_p_by_enumeration():
@@ -101,42 +103,42 @@ def test_exact_permutation_p_by_enumeration():
     eps = 1e-12
     p_less, p_greater = np.mean(diffs <= observed + eps), np.mean(diffs >= observed - eps)
     expected = min(1.0, 2 * min(p_less, p_greater))
-    assert stats.permutation_test(a, b).pvalue == pytest.approx(expected)
+    assert inference.permutation_test(a, b).pvalue == pytest.approx(expected)
 
 
 def test_smallest_permutation_p():
-    assert stats.min_permutation_p(3, 3) == pytest.approx(0.1)
-    assert stats.min_permutation_p(5, 5) == pytest.approx(2 / 252)
-    assert round(stats.min_permutation_p(5, 5), 4) == 0.0079
-    assert stats.permutation_test(range(5), range(10, 15)).pvalue == pytest.approx(2 / 252)
+    assert inference.min_permutation_p(3, 3) == pytest.approx(0.1)
+    assert inference.min_permutation_p(5, 5) == pytest.approx(2 / 252)
+    assert round(inference.min_permutation_p(5, 5), 4) == 0.0079
+    assert inference.permutation_test(range(5), range(10, 15)).pvalue == pytest.approx(2 / 252)
 
 
 def test_holm_on_known_examples():
-    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(inference.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
     # By hand: sorted 0.01*5, 0.02*4, 0.03*3, 0.04*2 -> 0.08 raised to the running max 0.09, 0.05*1 -> 0.09.
-    np.testing.assert_allclose(stats.holm([0.01, 0.02, 0.03, 0.04, 0.05]), [0.05, 0.08, 0.09, 0.09, 0.09])
-    np.testing.assert_allclose(stats.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    np.testing.assert_allclose(inference.holm([0.01, 0.02, 0.03, 0.04, 0.05]), [0.05, 0.08, 0.09, 0.09, 0.09])
+    np.testing.assert_allclose(inference.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
 
 
 def test_holm_ignores_missing_p_values():
-    out = stats.holm([0.01, np.nan, 0.04])
+    out = inference.holm([0.01, np.nan, 0.04])
     assert math.isnan(out[1])
     np.testing.assert_allclose(out[[0, 2]], [0.02, 0.04])
-    assert stats.holm([]).shape == (0,)
+    assert inference.holm([]).shape == (0,)
 
 
 def test_holm_is_not_benjamini_hochberg():
     p = [0.01, 0.02, 0.03, 0.04, 0.05]
     bh = sps.false_discovery_control(p)
     np.testing.assert_allclose(bh, [0.05] * 5)  # BH controls the false discovery rate: all at 0.05
-    assert (stats.holm(p) > bh + 1e-12).any()
+    assert (inference.holm(p) > bh + 1e-12).any()
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=12))
 def test_holm_properties(p):
     p = np.array(p)
-    adjusted = stats.holm(p)
+    adjusted = inference.holm(p)
     assert np.all(adjusted >= p - 1e-15) and np.all(adjusted <= 1.0)
     assert np.all(adjusted >= sps.false_discovery_control(p) - 1e-12)  # Holm is never less conservative than BH
     order = np.argsort(p, kind="stable")
@@ -149,27 +151,27 @@ def test_hedges_g_on_a_hand_example():
     # Cohen's d = 2 / sqrt(2.5); df = 4, J = Gamma(2) / (sqrt(2) Gamma(3/2)) = 2 / sqrt(2 pi).
     d = 2 / math.sqrt(2.5)
     j = 2 / math.sqrt(2 * math.pi)
-    assert stats.hedges_g([2, 4, 6], [1, 2, 3]) == pytest.approx(d * j)
+    assert inference.hedges_g([2, 4, 6], [1, 2, 3]) == pytest.approx(d * j)
     assert j == pytest.approx(1 - 3 / (4 * 4 - 1), abs=0.003)  # the usual approximation
-    assert stats.hedges_g([1, 2, 3], [2, 4, 6]) == pytest.approx(-d * j)
-    assert math.isnan(stats.hedges_g([1], [2, 3]))
+    assert inference.hedges_g([1, 2, 3], [2, 4, 6]) == pytest.approx(-d * j)
+    assert math.isnan(inference.hedges_g([1], [2, 3]))
 
 
 def test_probability_of_improvement_counts_ties_as_half():
     a, b = [1, 2, 3], [2, 2, 4]
     # higher is better: 3 beats 2 twice, 2 ties 2 twice -> (2 + 2 * 0.5) / 9
-    assert stats.prob_improvement(a, b, higher_is_better=True) == pytest.approx(3 / 9)
+    assert inference.prob_improvement(a, b, higher_is_better=True) == pytest.approx(3 / 9)
     # lower is better: 1 beats all three, 2 and 3 beat 4, two ties -> (5 + 1) / 9
-    assert stats.prob_improvement(a, b, higher_is_better=False) == pytest.approx(6 / 9)
+    assert inference.prob_improvement(a, b, higher_is_better=False) == pytest.approx(6 / 9)
 
 
 def test_small_n_warning_for_three_seeds_not_five():
-    assert "too small" in stats.compare([1, 2, 3], [4, 5, 6], higher_is_better=True).warning
-    assert stats.compare([1, 2, 3, 4, 5], [6, 7, 8, 9, 10], higher_is_better=True).warning == ""
+    assert "too small" in inference.compare([1, 2, 3], [4, 5, 6], higher_is_better=True).warning
+    assert inference.compare([1, 2, 3, 4, 5], [6, 7, 8, 9, 10], higher_is_better=True).warning == ""
     # Holm over 7 comparisons puts 0.0079 * 7 = 0.056 out of reach at 5 seeds; 6 seeds suffice.
-    assert "Holm" in stats.small_n_warning(5, 5, comparisons=7)
-    assert stats.seeds_needed(1) == 4 and stats.seeds_needed(7) == 6  # 2/C(8,4) = 0.029; 7 * 2/C(12,6) = 0.015
-    assert stats.small_n_warning(6, 6, comparisons=7) == ""
+    assert "Holm" in inference.small_n_warning(5, 5, comparisons=7)
+    assert inference.seeds_needed(1) == 4 and inference.seeds_needed(7) == 6  # 2/C(8,4) = 0.029; 7 * 2/C(12,6) = 0.015
+    assert inference.small_n_warning(6, 6, comparisons=7) == ""
 
 
 def test_per_seed_averages_rows_within_a_seed_first():
@@ -178,10 +180,10 @@ def test_per_seed_averages_rows_within_a_seed_first():
         "measure": ["m"] * 5, "x_name": [""] * 5, "x": [np.nan] * 5, "value": [1.0, 3.0, 10.0, 20.0, 5.0],
         "layer": [-1] * 5, "mode": [""] * 5,
     })
-    out = stats.per_seed(df)
+    out = inference.per_seed(df)
     assert list(out.loc[out["placement"] == "a", "value"]) == [2.0, 15.0]
     assert len(out) == 3 and out["x"].isna().all()  # NaN x (scalars) kept as a group
-    est = stats.estimate(df, by=("placement",))
+    est = inference.estimate(df, by=("placement",))
     a = est[est["placement"] == "a"].iloc[0]
     assert a["n"] == 2 and a["mean"] == pytest.approx(8.5)  # mean of seed means, not of rows
 
@@ -189,7 +191,7 @@ def test_per_seed_averages_rows_within_a_seed_first():
 def test_compare_takes_tidy_frames_and_aggregates_seeds():
     a = pd.DataFrame({"seed": [0, 0, 1, 2], "value": [1.0, 3.0, 4.0, 5.0]})
     b = pd.DataFrame({"seed": [0, 1, 2], "value": [7.0, 8.0, 9.0]})
-    c = stats.compare(a, b, higher_is_better=False)
+    c = inference.compare(a, b, higher_is_better=False)
     assert (c.n, c.n_ref) == (3, 3)
     assert c.mean == pytest.approx((2 + 4 + 5) / 3)
     assert c.prob_improvement == 1.0
@@ -199,20 +201,20 @@ def test_against_reference_gives_one_row_per_placement_and_metric():
     rng = np.random.default_rng(1)
     values = {p: list(mu + rng.normal(size=5)) for p, mu in [("zaremba", 85), ("naive", 95), ("variational", 84)]}
     tidy = pd.concat([tidy_scalar(values, "test_ppl"), tidy_scalar(values, "valid_ppl")])
-    out = stats.test_against_reference(tidy, "zaremba", ["test_ppl", "valid_ppl"])
-    assert list(out.columns) == stats.TEST_COLUMNS
+    out = compare.test_against_reference(tidy, "zaremba", ["test_ppl", "valid_ppl"])
+    assert list(out.columns) == compare.TEST_COLUMNS
     assert len(out) == 4 and set(out["placement"]) == {"naive", "variational"}
     for _, g in out.groupby("metric"):
-        np.testing.assert_allclose(g["p_holm"], stats.holm(g["p_perm"]))
-        np.testing.assert_allclose(g["p_holm_welch"], stats.holm(g["p_welch"]))
+        np.testing.assert_allclose(g["p_holm"], inference.holm(g["p_perm"]))
+        np.testing.assert_allclose(g["p_holm_welch"], inference.holm(g["p_welch"]))
     naive = out[(out["placement"] == "naive") & (out["metric"] == "test_ppl")].iloc[0]
     assert (naive["n"], naive["n_ref"]) == (5, 5)
     assert not naive["higher_is_better"] and naive["prob_improvement"] == 0.0
     assert naive["p_perm"] == pytest.approx(2 / 252) and naive["warning"] == ""
     welch = sps.ttest_ind(values["naive"], values["zaremba"], equal_var=False)
     assert naive["p_welch"] == pytest.approx(welch.pvalue)
-    everything = stats.test_against_reference(tidy, "zaremba", ["test_ppl", "valid_ppl"], holm_within="all")
-    np.testing.assert_allclose(everything["p_holm"], stats.holm(everything["p_perm"]))
+    everything = compare.test_against_reference(tidy, "zaremba", ["test_ppl", "valid_ppl"], holm_within="all")
+    np.testing.assert_allclose(everything["p_holm"], inference.holm(everything["p_perm"]))
 
 
 def test_against_reference_selects_a_curve_point_and_the_direction():
@@ -225,8 +227,8 @@ def test_against_reference_selects_a_curve_point_and_the_direction():
                              "mode": "train"})
     tidy = pd.DataFrame(rows)
     with pytest.raises(ValueError, match="curve"):
-        stats.test_against_reference(tidy, "zaremba", "influence_kl_retained")
-    out = stats.test_against_reference(tidy, "zaremba", stats.Metric("influence_kl_retained", x=10))
+        compare.test_against_reference(tidy, "zaremba", "influence_kl_retained")
+    out = compare.test_against_reference(tidy, "zaremba", compare.Metric("influence_kl_retained", x=10))
     row = out.iloc[0]
     assert row["label"] == "share of influence kept under training masks at lag 10" and row["unit"] == ""
     assert row["higher_is_better"] and row["prob_improvement"] == 0.0
@@ -238,7 +240,7 @@ def test_summarize_states_significant_findings_with_their_numbers():
     rng = np.random.default_rng(2)
     values = {"zaremba": list(0.05 + 0.001 * rng.normal(size=5)), "naive": list(0.012 + 0.001 * rng.normal(size=5))}
     tidy = tidy_scalar(values, "influence_kl_train_half_life")
-    tests = stats.test_against_reference(tidy, "zaremba", "influence_kl_train_half_life")
+    tests = compare.test_against_reference(tidy, "zaremba", "influence_kl_train_half_life")
     (sentence,) = report_text.summarize(tests)
     row = tests.iloc[0]
     assert sentence.startswith("naive loses memory relative to zaremba")
@@ -248,12 +250,12 @@ def test_summarize_states_significant_findings_with_their_numbers():
 
 def test_summarize_says_plainly_when_nothing_can_be_significant():
     tidy = tidy_scalar({"zaremba": [85.0, 86.0, 84.0], "naive": [95.0, 96.0, 94.0]})
-    (sentence,) = report_text.summarize(stats.test_against_reference(tidy, "zaremba", "test_ppl"))
+    (sentence,) = report_text.summarize(compare.test_against_reference(tidy, "zaremba", "test_ppl"))
     assert "no test can reach significance" in sentence and "n = 3 vs 3" in sentence
     tidy = tidy_scalar({"zaremba": [85.0, 86.0, 84.0, 85.5, 84.5], "naive": [85.2, 85.9, 84.1, 85.1, 84.4]})
-    (sentence,) = report_text.summarize(stats.test_against_reference(tidy, "zaremba", "test_ppl"))
+    (sentence,) = report_text.summarize(compare.test_against_reference(tidy, "zaremba", "test_ppl"))
     assert "no placement differs significantly" in sentence
-    assert report_text.summarize(pd.DataFrame(columns=stats.TEST_COLUMNS))[0].startswith("No comparisons")
+    assert report_text.summarize(pd.DataFrame(columns=compare.TEST_COLUMNS))[0].startswith("No comparisons")
 
 
 def test_number_formatting():
@@ -268,62 +270,62 @@ def test_a_metric_at_an_unmeasured_x_is_an_error_not_a_silent_gap():
                          "measure": ["gradient_norm"] * 2, "x_name": ["lag"] * 2, "x": [1.0, 1.0], "value": [1.0, 2.0],
                          "layer": [-1, -1], "mode": ["", ""]})
     with pytest.raises(ValueError, match="measured at 1"):
-        stats.test_against_reference(tidy, "zaremba", stats.Metric("gradient_norm", x=10))
-    assert stats.test_against_reference(tidy, "zaremba", "test_ppl").empty  # an absent measure is skipped
+        compare.test_against_reference(tidy, "zaremba", compare.Metric("gradient_norm", x=10))
+    assert compare.test_against_reference(tidy, "zaremba", "test_ppl").empty  # an absent measure is skipped
 
 
 def test_infinite_half_lives_are_kept_and_compared_by_rank():
     # A half-life beyond the measured lags is inf (right-censored): it must not vanish from n.
     a, b = [np.inf, np.inf, 30.0, np.inf, 25.0], [4.0, 5.0, 3.5, 4.5, 6.0]
-    c = stats.compare(a, b, higher_is_better=True)
+    c = inference.compare(a, b, higher_is_better=True)
     assert (c.n, c.n_ref) == (5, 5) and c.mean == np.inf
     assert math.isnan(c.p_welch) and math.isnan(c.hedges_g)
     assert c.p_perm == pytest.approx(2 / 252)  # every a ranks above every b
     assert c.prob_improvement == 1.0
     assert "infinite" in c.warning
-    assert math.isnan(stats.mean_ci([1.0, np.inf]).low)
+    assert math.isnan(inference.mean_ci([1.0, np.inf]).low)
 
 
 def test_missing_seed_values_are_left_out_and_said():
     tidy = tidy_scalar({"zaremba": [1.0, 2.0, 3.0, 4.0], "naive": [2.0, np.nan, 4.0, 5.0]}, "effective_context")
-    row = stats.test_against_reference(tidy, "zaremba", "effective_context").iloc[0]
+    row = compare.test_against_reference(tidy, "zaremba", "effective_context").iloc[0]
     assert (row["n"], row["n_ref"]) == (3, 4)
     assert "1 seed value missing" in row["warning"]
 
 
 def test_one_seed_gives_no_test():
-    c = stats.compare([1.0], [2.0, 3.0, 4.0], higher_is_better=True)
+    c = inference.compare([1.0], [2.0, 3.0, 4.0], higher_is_better=True)
     assert math.isnan(c.p_perm) and math.isnan(c.p_welch) and c.n == 1
 
 
 def test_reference_is_found_by_its_canonical_spec():
     # probe.measure labels runs with the placement's full spec ("zaremba:p=0.5").
     labels = ["zaremba:p=0.5", "naive:p=0.5,rec=0.5"]
-    assert stats.reference_label(labels, "zaremba") == "zaremba:p=0.5"
-    assert stats.reference_label(["zaremba:p=0.3", "zaremba:p=0.5"], "zaremba") == "zaremba:p=0.5"
-    assert stats.reference_label(["naive"], "zaremba") is None
+    assert compare.reference_label(labels, "zaremba") == "zaremba:p=0.5"
+    assert compare.reference_label(["zaremba:p=0.3", "zaremba:p=0.5"], "zaremba") == "zaremba:p=0.5"
+    assert compare.reference_label(["naive"], "zaremba") is None
     tidy = tidy_scalar({"zaremba:p=0.5": [1.0, 2.0, 3.0], "naive:p=0.5,rec=0.5": [2.0, 3.0, 4.0]})
-    out = stats.test_against_reference(tidy, "zaremba", "test_ppl")
+    out = compare.test_against_reference(tidy, "zaremba", "test_ppl")
     assert list(out["reference"]) == ["zaremba:p=0.5"] and list(out["placement"]) == ["naive:p=0.5,rec=0.5"]
 
 
 def test_measure_names_read_as_words():
-    from probe import measure_names
+    from probe.measure import names as measure_names
 
     assert measure_names.label("influence_kl_eval_half_life") == "eval-mode influence on the prediction (KL) half-life"
     assert measure_names.unit("influence_kl_eval_half_life") == "tokens"
-    assert stats.Metric("influence_kl", x=10, mode="train").description == (
+    assert compare.Metric("influence_kl", x=10, mode="train").description == (
         "training-mode influence on the prediction (KL) at lag 10")
-    assert stats.Metric("influence_kl", x=10).units == "nats"
+    assert compare.Metric("influence_kl", x=10).units == "nats"
     assert measure_names.label("something_new") == "something new"
 
 
 def test_a_metric_of_an_unknown_measure_needs_an_explicit_direction():
     with pytest.raises(ValueError, match="higher_is_better"):
-        stats.Metric("my_measure").better_is_higher
-    assert stats.Metric("my_measure", higher_is_better=False).better_is_higher is False
+        compare.Metric("my_measure").better_is_higher
+    assert compare.Metric("my_measure", higher_is_better=False).better_is_higher is False
 
 
 def test_probability_of_improvement_counts_two_infinities_as_a_tie():
-    assert stats.prob_improvement([np.inf, np.inf], [np.inf, 1.0], higher_is_better=True) == pytest.approx(0.75)
-    assert stats.prob_improvement([np.inf], [np.inf], higher_is_better=False) == 0.5
+    assert inference.prob_improvement([np.inf, np.inf], [np.inf, 1.0], higher_is_better=True) == pytest.approx(0.75)
+    assert inference.prob_improvement([np.inf], [np.inf], higher_is_better=False) == 0.5

@@ -1,4 +1,4 @@
-"""probe.synthetic: determinism, the closed-form entropy rate, planted recalls, spec strings."""
+"""probe.data.synthetic: determinism, the closed-form entropy rate, planted recalls, spec strings."""
 
 from __future__ import annotations
 
@@ -11,14 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from probe.corpus import CorpusError
-from probe.datasets import load_corpus
-from probe.synthetic import (
-    SyntheticLanguage,
-    SyntheticSpec,
-    make_synthetic_corpus,
-    parse_synthetic_spec,
-)
+from probe.data.corpus import CorpusError
+from probe.data.registry import load_corpus
+from probe.data.synthetic import SyntheticLanguage, make_synthetic_corpus
+from probe.data.synthetic_spec import SyntheticSpec, parse_synthetic_spec
 
 SMALL = SyntheticSpec(
     vocab_size=16, lags=(1, 3, 7), cue_rate=0.3, branching=3, n_train=5000, n_valid=500, n_test=500

@@ -1,4 +1,4 @@
-"""probe.train: learning, determinism, bit-identical resumption, divergence, run folders, schedules,
+"""probe.runs.train: learning, determinism, bit-identical resumption, divergence, run folders, schedules,
 optimizers, model selection, presets, CLI.
 
 Runs use the ``tiny`` preset on small synthetic corpora so the whole file
@@ -19,11 +19,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probe.corpus import batchify
-from probe.datasets import load_corpus
-from probe.model import LanguageModel
+from probe.data.corpus import batchify
+from probe.data.registry import load_corpus
+from probe.model.language_model import LanguageModel
 from probe.placements import PLACEMENT_NAMES, Scope, Site, parse_placement
-from probe.train import PRESETS, RunConfig, best_epoch, evaluate, learning_rates, preset, selected_epoch, train
+from probe.runs.config import RunConfig, best_epoch, learning_rates, preset, selected_epoch
+from probe.runs.train import evaluate, train
 
 CORPUS = "synthetic:train=20000,valid=4000,test=4000"
 SMALL_CORPUS = "synthetic:train=5000,valid=1000,test=1000"
@@ -288,7 +289,7 @@ def test_select_best_reports_and_returns_the_best_epochs_model(overfit, small_co
 
 
 def test_a_finished_run_folder_returns_the_selected_model_not_the_final_one(overfit, small_corpus):
-    """What probe.grid does when a run is trained but its measurement is missing."""
+    """What probe.runs.grid does when a run is trained but its measurement is missing."""
     again = train(OVERFIT, overfit.run_dir, corpus=small_corpus, progress=False)
     assert again.epochs == overfit.epochs  # not trained again
     assert (again.selected_epoch, again.test_ppl, again.final_test_ppl) == (

@@ -1,4 +1,4 @@
-"""probe.validity: each precondition passes and fails where it should, on fabricated tidy tables."""
+"""probe.report.validity: each precondition passes and fails where it should, on fabricated tidy tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probe import validity
+from probe.report import validity
 
 
 def _row(placement, seed, measure, value, x=math.nan, x_name="", mode=""):

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from probe.corpus import Corpus
-from probe.model import LanguageModel
+from probe.data.corpus import Corpus
+from probe.model.language_model import LanguageModel
 
-from . import tidy
-from .checks import check_model, heldout, unigram
-from .config import MEASURES, MeasureConfig
-from .context import context_length_curve, context_targets, position_curve
-from .curves import decay_rate, half_life
-from .gradient import gradient_sensitivity
-from .influence import influence
-from .probe_info import probe_information
-from .synthetic_recall import recall_accuracy
-from .tidy import COLUMNS, validate
+from probe.measure import tidy
+from probe.measure.checks import check_model, heldout, unigram
+from probe.measure.config import MEASURES, MeasureConfig
+from probe.measure.context import context_length_curve, context_targets, position_curve
+from probe.measure.curves import decay_rate, half_life
+from probe.measure.gradient import gradient_sensitivity
+from probe.measure.influence import influence
+from probe.measure.probe_info import probe_information
+from probe.measure.synthetic_recall import recall_accuracy
+from probe.measure.tidy import COLUMNS, validate
 
 __all__ = [
     "COLUMNS", "MEASURES", "MeasureConfig", "context_length_curve", "context_targets", "decay_rate",

@@ -7,7 +7,7 @@
 
 Each checkpoint (a probe.train run folder or its checkpoint.pt, or a
 pytorch/examples word_language_model LSTM saved with torch.save(model) or as a
-state dict; see probe.checkpoints) is converted into the toolkit's model,
+state dict; see probe.runs.checkpoints) is converted into the toolkit's model,
 measured with probe.measure.run_all (influence, probe information and
 gradient curves with half-lives, context-length and position curves) and
 evaluated for validation and test perplexity with carried state. The report,
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe.checkpoints import FORMATS, CheckpointError, Loaded, load_checkpoint
-from probe.corpus import CorpusError, batchify
+from probe.runs.checkpoints import FORMATS, CheckpointError, Loaded, load_checkpoint
+from probe.data.corpus import CorpusError, batchify
 from probe.measure import MeasureConfig, run_all, tidy
 from probe.placements import PlacementError
 
@@ -158,8 +158,8 @@ def check_labels(args) -> list[str]:
 
 
 def perplexities(loaded: Loaded, bptt: int, batch_size: int | None) -> dict[str, float]:
-    """Validation and test perplexity of a loaded model, with carried state (probe.train.evaluate)."""
-    from probe.train import evaluate
+    """Validation and test perplexity of a loaded model, with carried state (probe.runs.train.evaluate)."""
+    from probe.runs.train import evaluate
 
     B = batch_size or loaded.eval_batch_size
     out = {}
@@ -188,7 +188,7 @@ def _half_life(df: pd.DataFrame, label: str) -> float:
 
 
 def _num(x: float, digits: int = 4) -> str:
-    from probe.report_text import fmt
+    from probe.report.text import fmt
 
     return fmt(x, digits)
 
@@ -216,9 +216,9 @@ def headline(labels, ppls, df, config: MeasureConfig, corpus_names) -> list[str]
 
 
 def write_report(out: Path, labels, loaded: list[Loaded], frames, ppls, config: MeasureConfig, args, seconds) -> Path:
-    from probe.figures import standard_figures
-    from probe.report import collect_environment, render_report
-    from probe.stats import TEST_COLUMNS
+    from probe.report.figures import standard_figures
+    from probe.report.html import collect_environment, render_report
+    from probe.analysis.compare import TEST_COLUMNS
 
     df = pd.concat(frames, ignore_index=True)
     df["seed"] = df["seed"].astype(int)
@@ -232,7 +232,7 @@ def write_report(out: Path, labels, loaded: list[Loaded], frames, ppls, config: 
         "placements of the models": {label: m.model.placement.spec + ("" if m.placement_known else " (rate unknown)")
                                      for label, m in zip(labels, loaded)},
         "corpus": {label: f"{m.corpus.label}: {m.corpus.split_note}" for label, m in zip(labels, loaded)},
-        "perplexity": f"probe.train.evaluate, carried state, no dropout, BPTT {args.bptt}, streams "
+        "perplexity": f"probe.runs.train.evaluate, carried state, no dropout, BPTT {args.bptt}, streams "
                       + ", ".join(f"{label} {b}" for label, b in zip(labels, eval_batches)),
         "measurements (MeasureConfig)": dataclasses.asdict(config),
         "tests": "none: one model per label (n = 1), no tests across seeds",
@@ -240,7 +240,7 @@ def write_report(out: Path, labels, loaded: list[Loaded], frames, ppls, config: 
     methods = [f"Model {label}: {m.description}" for label, m in zip(labels, loaded)]
     methods += [
         f"Perplexity: validation and test splits in full, with the state carried across BPTT windows of {args.bptt} "
-        f"and no dropout (probe.train.evaluate), over "
+        f"and no dropout (probe.runs.train.evaluate), over "
         + ", ".join(f"{b} streams for {label}" for label, b in zip(labels, eval_batches))
         + " (by default each checkpoint's own training script's number of evaluation streams, so its reported "
           "perplexity is reproduced).",

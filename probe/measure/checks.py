@@ -6,15 +6,15 @@ from contextlib import contextmanager
 
 import torch
 
-from probe.corpus import Corpus
-from probe.model import LanguageModel
+from probe.data.corpus import Corpus
+from probe.model.language_model import LanguageModel
 
 
 def check_model(model) -> LanguageModel:
-    """``model`` itself, or a ValueError saying it is not a ``probe.model.LanguageModel``."""
+    """``model`` itself, or a ValueError saying it is not a ``probe.model.language_model.LanguageModel``."""
     if not isinstance(model, LanguageModel):
         raise ValueError(
-            f"measurements need a probe.model.LanguageModel (embedding -> masked LSTM layers -> decoder, "
+            f"measurements need a probe.model.language_model.LanguageModel (embedding -> masked LSTM layers -> decoder, "
             f"with sample_masks and forward(..., masks=, return_hidden=)); got {type(model).__name__}"
         )
     return model
@@ -40,7 +40,7 @@ def check_stream(stream, model: LanguageModel, what: str = "held-out stream") ->
 def heldout(corpus: Corpus, split: str, max_tokens: int | None) -> torch.Tensor:
     """The first ``max_tokens`` ids of a corpus split, with a clear error for a missing or empty one."""
     if not isinstance(corpus, Corpus):
-        raise ValueError(f"expected a probe.corpus.Corpus; got {type(corpus).__name__}")
+        raise ValueError(f"expected a probe.data.corpus.Corpus; got {type(corpus).__name__}")
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be one of train, valid, test; got {split!r}")
     ids = getattr(corpus, split)

@@ -26,12 +26,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from probe.model import LanguageModel
+from probe.model.language_model import LanguageModel
 
-from . import tidy
-from .checks import check_model, check_stream, cpu_generator, eval_mode
-from .config import MeasureConfig
-from .stream import Layout, eval_masks, gather_windows, stream_predictions
+from probe.measure import tidy
+from probe.measure.checks import check_model, check_stream, cpu_generator, eval_mode
+from probe.measure.config import MeasureConfig
+from probe.measure.stream import Layout, eval_masks, gather_windows, stream_predictions
 
 
 def context_targets(n_tokens: int, config: MeasureConfig) -> torch.Tensor:

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import tidy
+from probe.measure import tidy
 
 _EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7: float32's relative rounding step
 _TINY32 = float(np.finfo(np.float32).tiny)  # 1.18e-38: float32's smallest normal number

@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from probe.model import LanguageModel
+from probe.model.language_model import LanguageModel
 
-from . import tidy
-from .checks import check_lag, check_model, check_stream, cpu_generator, eval_mode
-from .config import MeasureConfig
-from .curves import with_summaries
-from .stream import Layout, eval_masks, gather_windows, start_states
+from probe.measure import tidy
+from probe.measure.checks import check_lag, check_model, check_stream, cpu_generator, eval_mode
+from probe.measure.config import MeasureConfig
+from probe.measure.curves import with_summaries
+from probe.measure.stream import Layout, eval_masks, gather_windows, start_states
 
 CURVES = ("gradient_norm",)
 

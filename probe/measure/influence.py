@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 import pandas as pd
 
-from probe.model import LanguageModel
+from probe.model.language_model import LanguageModel
 
-from . import tidy
-from .checks import check_lag, check_model, check_stream, cpu_generator, eval_mode
-from .config import MeasureConfig
-from .curves import with_summaries
-from .stream import Layout, gather_windows, repeat_masks, repeat_state, start_states
+from probe.measure import tidy
+from probe.measure.checks import check_lag, check_model, check_stream, cpu_generator, eval_mode
+from probe.measure.config import MeasureConfig
+from probe.measure.curves import with_summaries
+from probe.measure.stream import Layout, gather_windows, repeat_masks, repeat_state, start_states
 
 CURVES = ("influence_kl", "influence_hidden")
 

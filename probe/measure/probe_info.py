@@ -39,13 +39,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from probe.model import LanguageModel
+from probe.model.language_model import LanguageModel
 
-from . import tidy
-from .checks import check_lag, check_model, check_stream, cpu_generator, eval_mode
-from .config import MeasureConfig
-from .curves import with_summaries
-from .stream import Layout, stream_states
+from probe.measure import tidy
+from probe.measure.checks import check_lag, check_model, check_stream, cpu_generator, eval_mode
+from probe.measure.config import MeasureConfig
+from probe.measure.curves import with_summaries
+from probe.measure.stream import Layout, stream_states
 
 LN2 = math.log(2.0)
 CURVES = ("probe_bits", "probe_bits_cell", "probe_bits_untrained", "probe_bits_cell_untrained")
@@ -62,7 +62,7 @@ def class_map(train_counts: torch.Tensor, n_classes: int) -> tuple[torch.Tensor,
 
 
 def untrained_copy(model: LanguageModel, seed: int) -> LanguageModel:
-    """A freshly initialised network of ``model``'s configuration, as ``probe.train`` builds it for ``seed``."""
+    """A freshly initialised network of ``model``'s configuration, as ``probe.runs.train`` builds it for ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = LanguageModel(model.config)

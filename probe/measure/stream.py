@@ -1,8 +1,8 @@
 """Passes over a held-out stream shared by the measurements.
 
-The stream is cut into ``batch`` columns as ``probe.corpus.batchify`` does
+The stream is cut into ``batch`` columns as ``probe.data.corpus.batchify`` does
 (column b holds tokens [b*rows, (b+1)*rows)), and every column starts from a
-zero state, as in ``probe.train.evaluate``. A position's *history* is how many
+zero state, as in ``probe.runs.train.evaluate``. A position's *history* is how many
 tokens precede it in its column. Positions are always indices into the 1-D
 stream, so every measurement speaks of the same tokens.
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from probe.corpus import batchify
-from probe.model import LanguageModel, LayerMasks, ModelMasks, State
+from probe.data.corpus import batchify
+from probe.model.language_model import LanguageModel, LayerMasks, ModelMasks, State
 from kernels import RecurrentMasks, linear
 from kernels.reference import lstm_step
 

@@ -1,6 +1,6 @@
 """Synthetic ground truth: does the model recall the planted long-range copies?
 
-On a ``probe.synthetic`` corpus every forced token is an exact copy of the
+On a ``probe.data.synthetic`` corpus every forced token is an exact copy of the
 token ``lag`` non-cue positions earlier (``corpus.annotations["<split>_lag"]``
 holds the lag of each forced token, 0 elsewhere), announced by a cue token.
 Given the whole history it is certain, so the best achievable accuracy is
@@ -23,12 +23,12 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from probe.model import LanguageModel
+from probe.model.language_model import LanguageModel
 
-from . import tidy
-from .checks import check_model, check_stream, eval_mode
-from .config import MeasureConfig
-from .stream import Layout, stream_predictions
+from probe.measure import tidy
+from probe.measure.checks import check_model, check_stream, eval_mode
+from probe.measure.config import MeasureConfig
+from probe.measure.stream import Layout, stream_predictions
 
 
 def recall_accuracy(

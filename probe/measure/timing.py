@@ -17,11 +17,12 @@ import time
 
 import torch
 
-from probe.model import LanguageModel, ModelConfig
-from probe.synthetic import SyntheticSpec, make_synthetic_corpus
+from probe.model.language_model import LanguageModel, ModelConfig
+from probe.data.synthetic_spec import SyntheticSpec
+from probe.data.synthetic import make_synthetic_corpus
 
-from . import run_all
-from .config import MEASURES, MeasureConfig
+from probe.measure import run_all
+from probe.measure.config import MEASURES, MeasureConfig
 
 
 def work(config: MeasureConfig, n_tokens: int, num_layers: int) -> dict[str, int]:

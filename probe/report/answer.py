@@ -20,16 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from probe import stats
-from probe.report_text import fmt, fmt_p, is_better, unreachable
-from probe.validity import Check
+from probe.analysis import compare, inference
+from probe.report.text import fmt, fmt_p, is_better, unreachable
+from probe.report.validity import Check
 
 
 @dataclass(frozen=True)
 class AnswerColumn:
     """One column of the answer table: a tested metric and how its header reads."""
 
-    metric: stats.Metric
+    metric: compare.Metric
     header: str
 
 
@@ -92,7 +92,7 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
         for lag in learned:
             for _, r in _significant(_rows(tests, "recall_accuracy", lag), alpha, False).iterrows():
                 lost_at.setdefault(str(r["placement"]), []).append(lag)
-        placements = [str(p) for p in stats.registry_order(_rows(tests, "recall_accuracy")["placement"].unique())]
+        placements = [str(p) for p in compare.registry_order(_rows(tests, "recall_accuracy")["placement"].unique())]
         kept = [p for p in placements if p not in lost_at]
         parts = []
         if placements and learned:
@@ -131,12 +131,12 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
 
 
 def answer_columns(lags: list[int], short_lag: int | None) -> list[AnswerColumn]:
-    columns = [AnswerColumn(stats.Metric("test_ppl"), "test perplexity")]
-    columns += [AnswerColumn(stats.Metric("recall_accuracy", x=k, mode="eval"), f"recall, lag {k}") for k in lags]
-    columns.append(AnswerColumn(stats.Metric("influence_kl_eval_half_life", mode="eval"),
+    columns = [AnswerColumn(compare.Metric("test_ppl"), "test perplexity")]
+    columns += [AnswerColumn(compare.Metric("recall_accuracy", x=k, mode="eval"), f"recall, lag {k}") for k in lags]
+    columns.append(AnswerColumn(compare.Metric("influence_kl_eval_half_life", mode="eval"),
                                 "influence half-life"))
     if short_lag is not None:
-        columns.append(AnswerColumn(stats.Metric("influence_kl_retained", x=short_lag, mode="train"),
+        columns.append(AnswerColumn(compare.Metric("influence_kl_retained", x=short_lag, mode="train"),
                                     f"influence kept under masks, lag {short_lag}"))
     return columns
 
@@ -148,17 +148,17 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
     present, values = [], {}
     for col in columns:
         try:
-            values[col.header] = stats.metric_values(tidy, col.metric)
+            values[col.header] = compare.metric_values(tidy, col.metric)
         except ValueError:
             continue
         if len(values[col.header]):
             present.append(col)
     rows = []
-    for placement in stats.registry_order(tidy["placement"].unique()):
+    for placement in compare.registry_order(tidy["placement"].unique()):
         cells = []
         for col in present:
             v = values[col.header]
-            ci = stats.mean_ci(v.loc[v["placement"] == placement, "value"])
+            ci = inference.mean_ci(v.loc[v["placement"] == placement, "value"])
             t = tests[(tests["metric"] == col.metric.name) & (tests["placement"] == placement)]
             mark, p = "", None
             if len(t):
@@ -171,6 +171,6 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
     return {"headers": [c.header for c in present], "rows": rows}
 
 
-def answer_metrics(lags: list[int], short_lag: int | None) -> list[stats.Metric]:
+def answer_metrics(lags: list[int], short_lag: int | None) -> list[compare.Metric]:
     """The metrics the answer table shows, to be tested against the reference."""
     return [c.metric for c in answer_columns(lags, short_lag)]

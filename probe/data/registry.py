@@ -7,32 +7,29 @@ must match its checksum, a file with no known checksum is used only with
 trains on the validation file and halves the test file into valid and test, and
 says so in ``Corpus.split_note`` (reports print it).
 
-``load_corpus`` also loads the generated corpus of probe.synthetic
+``load_corpus`` also loads the generated corpus of probe.data.synthetic
 (``synthetic`` / ``synthetic:key=value,...``) and corpora from the user's own
 text: a path to a UTF-8 .txt file or to a folder holding train.txt, valid.txt
 and test.txt, with options as ``text,level=char,valid=0.05,test=0.05:PATH``
-(syntax and rules in probe.textcorpus). The corpus types and batching live in
-probe.corpus.
+(syntax and rules in probe.data.text). The corpus types and batching live in
+probe.data.corpus.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-from probe import textcorpus
+from probe.data import text as textcorpus
 from probe.files import file_sha256
-from probe.corpus import EOS, SPLITS, Corpus, CorpusError, Vocab
-from probe.synthetic import load_synthetic
+from probe.data.corpus import EOS, SPLITS, Corpus, CorpusError, Vocab
+from probe.data.synthetic import load_synthetic
+from probe.data.download import download
+
 
 ENV_VAR = "DROPOUT_PROBE_DATA"
 SPLIT_MODES = ("canonical", "substitute")
@@ -169,7 +166,7 @@ SYNTHETIC_NAMES = ("synthetic", "synthetic:key=value,...")
 
 def corpus_names() -> list[str]:
     """Every name ``load_corpus`` accepts (the synthetic entry stands for its spec strings;
-    text files and folders, see probe.textcorpus, are accepted besides)."""
+    text files and folders, see probe.data.text, are accepted besides)."""
     return [*DATASETS, *SYNTHETIC_NAMES]
 
 
@@ -220,69 +217,6 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     how = f"the per-user cache; pass --data-dir or set ${ENV_VAR} to use another folder"
     return Path(cache).expanduser() / "dropout-probe" / "data", how
-
-
-# --------------------------------------------------------------------------- checksums and downloads
-
-# Hashing the 10 MB training files on every load would dominate test time, so a
-# file's digest is computed once per process and reused while it is unchanged.
-
-
-def download(url: str, dest: Path, sha256: str | None, *, timeout: float = 30) -> Path:
-    """Fetch ``url`` to ``dest`` atomically, verifying ``sha256`` when it is given.
-
-    The body streams into a temporary file beside ``dest`` and is moved into
-    place only after the checksum matches, so a failure of any kind (network,
-    HTTP error, wrong checksum, interruption) leaves no partial file behind.
-    """
-    dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as err:
-        raise CorpusError(f"cannot download {url}: cannot write to {dest.parent} ({err})") from err
-    tmp = Path(tmp_name)
-    try:
-        try:
-            actual = _stream_to_file(url, fd, timeout)
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            # URLError, HTTPError, refused connections and timeouts are all OSErrors;
-            # ValueError is urllib's answer to a malformed URL.
-            raise CorpusError(_download_failed(url, dest, sha256, err)) from err
-        if sha256 is not None and actual != sha256.lower():
-            raise CorpusError(
-                f"checksum mismatch downloading {url}: expected sha256 {sha256}, got {actual}. "
-                f"The download was discarded and nothing was written to {dest}; the server may hold "
-                "a different version of the file."
-            )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone already after a successful os.replace
-    return dest
-
-
-def _stream_to_file(url: str, fd: int, timeout: float) -> str:
-    """Copy the body of ``url`` into the open file ``fd``; return its sha256."""
-    digest = hashlib.sha256()
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-        for block in iter(lambda: response.read(1 << 20), b""):
-            digest.update(block)
-            out.write(block)
-    return digest.hexdigest()
-
-
-def _download_failed(url: str, dest: Path, sha256: str | None, err: BaseException) -> str:
-    if isinstance(err, urllib.error.HTTPError):
-        why = f"HTTP {err.code} {err.reason}"
-    elif isinstance(err, urllib.error.URLError):
-        why = str(err.reason)
-    else:
-        why = f"{type(err).__name__}: {err}"
-    check = f" (its sha256 should be {sha256})" if sha256 else ""
-    return (
-        f"download of {url} failed: {why}. No file was written. To get it by hand, fetch that URL "
-        f"on a machine with network access and save it as {dest}{check}."
-    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -346,10 +280,10 @@ def load_corpus(
     """Load corpus ``name`` as id tensors.
 
     name: a registry name (``corpus_names()``), or ``synthetic`` /
-        ``synthetic:key=value,...`` for the generated corpus of probe.synthetic,
+        ``synthetic:key=value,...`` for the generated corpus of probe.data.synthetic,
         or the user's own text: a .txt file or a folder holding train.txt,
         valid.txt and test.txt (``PATH``, or ``text,key=value,...:PATH`` with
-        options; see probe.textcorpus). Registry and synthetic names win over a
+        options; see probe.data.text). Registry and synthetic names win over a
         file of the same name (write ``./ptb`` for a file called ptb).
     data_dir: the corpora folder (see ``resolve_data_dir``); files live in
         ``<data_dir>/<name>/``. Text paths are not looked up in it (they are

@@ -4,9 +4,9 @@
         config.json        the RunConfig, with run_id (and a text corpus's sha256)
         metrics.json       per-epoch metrics so far
         checkpoint.pt      weights, optimizer and RNG states after the last epoch, and the best epoch's weights
-        result.json        what the finished run reports (probe.train.RunResult)
-        measure-<id>.csv   one table per measurement configuration (probe.runs)
-        manifest.json      sha256, size (and rows) of every file above, written after each (probe.manifest)
+        result.json        what the finished run reports (probe.runs.config.RunResult)
+        measure-<id>.csv   one table per measurement configuration (probe.runs.cells)
+        manifest.json      sha256, size (and rows) of every file above, written after each (probe.runs.manifest)
         error.log          the traceback of the last failure, if any (a log, not verified)
         damaged/           files that failed verification, moved aside (never deleted)
         .lock              held by the process that trains or measures the run
@@ -16,10 +16,6 @@ lock (``filelock``, an flock(2) on ``.lock``) makes two processes, or two
 machines on a shared folder that supports locks, train a run once: the
 second waits and then reads the first one's result. The kernel releases an
 flock when its process dies, so a killed process never leaves a run locked.
-
-This module sits below ``probe.train`` (which writes the folder) and
-``probe.runs`` (which calls ``probe.train``), so neither imports the other's
-private names.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .manifest import Manifest
+from probe.runs.manifest import Manifest
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -103,7 +99,7 @@ class RunFolder:
         """Why this folder holds another configuration's run, or None if it holds ``config``'s (or nothing).
 
         The one place that decides whether a run folder is a configuration's own: training and the
-        cache both ask it. ``config`` is a ``probe.train.RunConfig``.
+        cache both ask it. ``config`` is a ``probe.runs.config.RunConfig``.
         """
         saved = self.files.read_json(CONFIG)
         if saved is None:

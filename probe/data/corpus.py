@@ -6,8 +6,8 @@ order of first appearance, and ``batchify`` cuts the token stream into B
 contiguous streams (here shaped (N, B), time-major, as the kernels expect).
 
 Where corpora come from is elsewhere: the registry of named datasets and
-``load_corpus`` in probe.datasets, the generated corpus in probe.synthetic,
-corpora from the user's own text files in probe.textcorpus. This module
+``load_corpus`` in probe.data.registry, the generated corpus in probe.data.synthetic,
+corpora from the user's own text files in probe.data.text. This module
 imports none of them.
 """
 
@@ -125,7 +125,7 @@ class Corpus:
     known only for synthetic corpora; ``annotations`` holds per-token side data
     (synthetic: ``<split>_lag``); ``files`` names the file behind each split.
 
-    Corpora from the user's own text (probe.textcorpus) also fill ``sources``
+    Corpora from the user's own text (probe.data.text) also fill ``sources``
     (each file read -> its sha256) and ``unknown_counts`` (per evaluation split,
     how many tokens did not occur in the training text and became ``<unk>``);
     both stay empty for registry and synthetic corpora.

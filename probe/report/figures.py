@@ -1,7 +1,7 @@
 """Figures for reports: functions from a tidy table to inline SVG strings.
 
 Every figure draws one line per placement with a t-interval band across
-seeds (``stats.estimate``), drawn with ``fill_between`` because seaborn 0.13
+seeds (``inference.estimate``), drawn with ``fill_between`` because seaborn 0.13
 cannot draw intervals computed elsewhere (its errorbar= computes its own). Each placement
 keeps one colour and marker in every figure, taken from the registry order
 in a colour-blind-safe palette (Okabe & Ito), so a reader learns the key once.
@@ -13,143 +13,19 @@ so that several inline SVGs on one page never share an id.
 
 from __future__ import annotations
 
-import html
-import io
-import re
 import textwrap
 from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure as MplFigure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
-from probe import measure_names, stats
+from probe.measure import names as measure_names
+
+from probe.analysis import inference
 from probe.measure.curves import NOISE_FLOORS
-from probe.placements import PLACEMENT_NAMES
-
-# Okabe & Ito (2008) colour-blind-safe colours, ordered so that in registry order
-# none is grey, zaremba blue, naive vermillion, variational green, and so on;
-# their yellow is replaced by a dark olive that stays readable on white.
-PALETTE = ("#595959", "#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#8C7A00")
-EXTRA_COLOURS = ("#332288", "#882255", "#117733", "#AA4499", "#44AA99", "#999933", "#661100", "#6699CC")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
-DASHES = ("-", "--", "-.", ":")
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A report figure: inline SVG, or a note saying why it is absent."""
-
-    key: str  # unique on the page; prefixes the SVG's ids
-    title: str
-    caption: str  # also the SVG's accessible name
-    svg: str | None = None
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Style:
-    colour: str
-    marker: str
-    dashes: str
-
-
-def base_name(label: str) -> str:
-    """The registry name of a placement label (``variational:p=0.5`` -> ``variational``)."""
-    return str(label).split(":", 1)[0]
-
-
-def placement_styles(labels) -> dict[str, Style]:
-    """One fixed colour and marker per placement label, from the registry order.
-
-    Labels sharing a registry name (two rate settings of one placement) share
-    its colour and differ in line style; unknown names take extra colours in
-    sorted order, so the mapping depends only on the set of labels.
-    """
-    rank = {n: i for i, n in enumerate(PLACEMENT_NAMES)}
-    labels = stats.registry_order(labels)
-    unknown = sorted({base_name(s) for s in labels if base_name(s) not in rank})
-    seen: dict[str, int] = {}
-    out = {}
-    for label in labels:
-        name = base_name(label)
-        i = rank[name] if name in rank else len(PALETTE) + unknown.index(name)
-        colour = PALETTE[i] if i < len(PALETTE) else EXTRA_COLOURS[(i - len(PALETTE)) % len(EXTRA_COLOURS)]
-        variant = seen.get(name, 0)
-        seen[name] = variant + 1
-        out[label] = Style(colour, MARKERS[i % len(MARKERS)], DASHES[variant % len(DASHES)])
-    return out
-
-
-ordered_placements = stats.registry_order
-
-
-# --- SVG output ---------------------------------------------------------------
-
-_RC = {
-    **sns.axes_style("whitegrid"),
-    **sns.plotting_context("notebook", font_scale=0.85),
-    "axes.edgecolor": "#bbbbbb",
-    "grid.color": "#e6e6e6",
-    "axes.titleweight": "bold",
-    "axes.titlesize": 11,
-    "legend.frameon": False,
-    # Text as <text> elements (DejaVu Sans, else the browser's sans-serif), not glyph paths: half the bytes.
-    "svg.fonttype": "none",
-}
-
-
-def figure_style():
-    """A context in which matplotlib draws in the report style (use around drawing calls)."""
-    return matplotlib.rc_context(_RC)
-
-
-def plain_numbers(axis) -> None:
-    """Tick labels as plain numbers (1, 2, 5, 10, 100) rather than powers of ten on a log axis."""
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
-    axis.set_tick_params(which="both", length=0)  # major and minor labels on one baseline
-
-
-def new_figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None, height: float = 3.6,
-               sharey: bool = False):
-    """A matplotlib Figure (no pyplot state) with the report style; returns (fig, axes array)."""
-    with matplotlib.rc_context(_RC):
-        fig = MplFigure(figsize=(width or min(11.0, 1.5 + 4.6 * ncols), height * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
-    return fig, axes
-
-
-def to_svg(fig: MplFigure, key: str, alt: str) -> str:
-    """Serialise ``fig`` as an inline-ready SVG element with a title and an accessible name."""
-    buf = io.StringIO()
-    with matplotlib.rc_context({**_RC, "svg.hashsalt": f"dropout-probe-{key}"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")  # never clip a legend
-    return inline_svg(buf.getvalue(), key, alt)
-
-
-def inline_svg(svg: str, key: str, alt: str) -> str:
-    """Make a standalone SVG document fit for inlining in HTML.
-
-    Drops the XML prolog, doctype, metadata and comments; prefixes every id
-    (and every reference to one) with ``key``; adds ``role="img"``, an
-    ``aria-label`` and a ``<title>``. ``alt`` is escaped here because the
-    template inserts the SVG verbatim.
-    """
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    prefix = re.sub(r"[^A-Za-z0-9_-]", "-", key) + "-"
-    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', svg)
-    svg = re.sub(r'(href=")#([^"]+)"', lambda m: f'{m.group(1)}#{prefix}{m.group(2)}"', svg)
-    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m.group(1)})", svg)
-    label = html.escape(alt, quote=True)
-    svg = re.sub(r"<svg\b", f'<svg role="img" aria-label="{label}"', svg, count=1)
-    head_end = svg.index(">") + 1
-    return svg[:head_end] + f"<title>{label}</title>" + svg[head_end:].strip() + "\n"
+from probe.report.plotting import Figure, RC_PARAMS, Style, new_figure, ordered_placements, placement_styles, plain_numbers, to_svg
 
 
 # --- curves -------------------------------------------------------------------
@@ -300,7 +176,7 @@ def _select_like(tidy: pd.DataFrame, measure: str, like: pd.DataFrame) -> pd.Dat
     return rows
 
 
-def _draw(ax, est: pd.DataFrame, style: Style | None, label: str, *, linestyle=None, alpha=1.0, band=True, lw=1.8):
+def draw_curve(ax, est: pd.DataFrame, style: Style | None, label: str, *, linestyle=None, alpha=1.0, band=True, lw=1.8):
     est = est.sort_values("x")
     x, y = est["x"].to_numpy(float), est["mean"].to_numpy(float)
     colour = style.colour if style else "black"
@@ -326,24 +202,24 @@ def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] |
     nrows = -(-len(views) // ncols)
     fig, axes = new_figure(ncols, nrows, width=7.6 if len(views) == 1 else None, sharey=spec.sharey)
     handles: dict[str, object] = {}
-    estimates = [stats.estimate(rows, by=("placement", "x")) for _, _, rows in views]
+    estimates = [inference.estimate(rows, by=("placement", "x")) for _, _, rows in views]
     shared = pd.concat(estimates) if spec.sharey else None
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC_PARAMS):
         for ax, (panel, title, rows), est in zip(axes.flat, views, estimates):
             for placement in ordered_placements(est["placement"].unique()):
-                _draw(ax, est[est["placement"] == placement], styles.get(placement), str(placement))
+                draw_curve(ax, est[est["placement"] == placement], styles.get(placement), str(placement))
             for control in panel.controls:
-                c_est = stats.estimate(_select_like(tidy, control, rows), by=("placement", "x"))
+                c_est = inference.estimate(_select_like(tidy, control, rows), by=("placement", "x"))
                 for placement in ordered_placements(c_est["placement"].unique()):
-                    _draw(ax, c_est[c_est["placement"] == placement], styles.get(placement), f"_{placement} control",
+                    draw_curve(ax, c_est[c_est["placement"] == placement], styles.get(placement), f"_{placement} control",
                           linestyle="--", alpha=0.55, band=False, lw=1.2)
                 if not c_est.empty:
                     ax.plot([], [], color="#777777", linestyle="--", lw=1.2, label="untrained network (control)")
             for baseline in panel.baselines:
                 b_rows = _select_like(tidy, baseline, rows)
                 if not b_rows.empty:  # the same for every placement: one line, averaged over runs
-                    b_est = stats.estimate(b_rows, by=("x",))
-                    _draw(ax, b_est, None, measure_names.label(baseline), band=False, lw=1.4)
+                    b_est = inference.estimate(b_rows, by=("x",))
+                    draw_curve(ax, b_est, None, measure_names.label(baseline), band=False, lw=1.4)
             _finish_axes(ax, spec, title, est, est if shared is None else shared, NOISE_FLOORS.get(panel.measure))
             if spec.optimum and optimum_ppl is not None and np.isfinite(optimum_ppl):
                 ax.axhline(optimum_ppl, color="black", ls="--", lw=1.0, label="corpus optimum")
@@ -431,9 +307,9 @@ def scalar_figure(tidy: pd.DataFrame, measures, *, key: str, title: str, caption
     order = ordered_placements(pd.concat([rows for _, _, rows in panels])["placement"].unique())
     ncols = min(len(panels), 3)
     fig, axes = new_figure(ncols, -(-len(panels) // ncols), height=0.42 * len(order) + 1.7)
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC_PARAMS):
         for ax, (measure, panel_title, rows) in zip(axes.flat, panels):
-            seeds = stats.per_seed(rows, by=("placement",))
+            seeds = inference.per_seed(rows, by=("placement",))
             finite = seeds["value"][np.isfinite(seeds["value"])]
             edge = finite.max() + 0.08 * (finite.max() - finite.min() or abs(finite.max()) or 1.0) if len(finite) else 1.0
             for i, placement in enumerate(order):
@@ -441,7 +317,7 @@ def scalar_figure(tidy: pd.DataFrame, measures, *, key: str, title: str, caption
                 if not len(values):
                     continue
                 style = styles[placement]
-                ci = stats.mean_ci(values)
+                ci = inference.mean_ci(values)
                 jitter = (np.arange(len(values)) - (len(values) - 1) / 2) * 0.06
                 shown = np.where(np.isinf(values), edge, values)
                 ax.scatter(shown, i + 0.2 + jitter, s=12, color=style.colour, alpha=0.55, linewidths=0,
@@ -519,102 +395,3 @@ def standard_figures(tidy: pd.DataFrame, optimum_ppl: float | None = None) -> li
     return figures
 
 
-# --- effects and doses ------------------------------------------------------------------
-
-
-def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Style] | None = None,
-                  alpha: float = 0.05) -> Figure:
-    """Each placement's difference from the reference with its 95% Welch interval, one panel per metric;
-    filled markers where the Holm-corrected permutation test is below ``alpha``."""
-    key, title = "forest", "Effects against the reference"
-    rows = tests[tests["metric"].isin(metrics)] if len(tests) else tests
-    if rows.empty:
-        return Figure(key, title, "", None, "No comparisons were run.")
-    reference = str(rows["reference"].iloc[0])
-    caption = (f"Difference from {reference} (placement minus {reference}) with its 95% Welch–Satterthwaite "
-               f"interval across seeds; filled: significant after Holm correction (permutation test, α = {alpha:g}); "
-               f"hollow: not significant. The dashed line is no difference.")
-    present = [m for m in metrics if (rows["metric"] == m).any()]
-    styles = styles or placement_styles(rows["placement"].unique())
-    order = ordered_placements(rows["placement"].unique())
-    ncols = min(len(present), 2)  # spec labels are long: two panels a row leave room for the axes
-    fig, axes = new_figure(ncols, -(-len(present) // ncols), width=11.0, height=0.34 * len(order) + 1.5)
-    with matplotlib.rc_context(_RC):
-        for ax, metric in zip(axes.flat, present):
-            g = rows[rows["metric"] == metric].set_index("placement")
-            for i, placement in enumerate(order):
-                if placement not in g.index:
-                    continue
-                r, style = g.loc[placement], styles[placement]
-                if np.isfinite(r["ci_low"]):
-                    ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=style.colour, lw=2)
-                filled = bool(r["p_holm"] < alpha)
-                ax.plot([r["diff"]], [i], marker=style.marker, markersize=6, color=style.colour,
-                        markerfacecolor=style.colour if filled else "white")
-            ax.axvline(0.0, color="#555555", ls="--", lw=0.9)
-            ax.set_yticks(range(len(order)), [str(p) for p in order])
-            ax.set_ylim(len(order) - 0.5, -0.5)
-            first = g.iloc[0]
-            better = "higher" if first["higher_is_better"] else "lower"
-            ax.set_title(textwrap.fill(f"{first['label']} ({better} is better)", 36), fontsize=9.5)
-            ax.set_xlabel(f"difference{' (' + first['unit'] + ')' if first['unit'] else ''}")
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
-            if ax.get_subplotspec().colspan.start > 0:
-                ax.set_yticklabels([])  # the first column names the rows
-            ax.grid(axis="y", visible=False)
-        for ax in list(axes.flat)[len(present):]:
-            ax.set_visible(False)
-    return Figure(key, title, caption, to_svg(fig, key, f"{title}. {caption}"))
-
-
-def dose_figure(tidy: pd.DataFrame, panels: list[tuple[str, float | None, str, str]],
-                styles: dict[str, Style] | None = None) -> Figure | None:
-    """Metrics against the drop rate, one line per placement that was run at two or more rates (``none`` is
-    rate 0 of every line), 95% t-intervals across seeds; None when no placement has two rates.
-
-    ``panels``: (measure, x or None, mode or None, panel title)."""
-    from probe.placements import dose
-
-    doses = {p: dose(p) for p in tidy["placement"].unique()}
-    names = pd.Series({p: base_name(p) for p, d in doses.items() if d is not None})
-    lines = sorted({n for n in names if n != "none" and (names == n).sum() >= 2},
-                   key=lambda n: PLACEMENT_NAMES.index(n) if n in PLACEMENT_NAMES else 99)
-    if not lines:
-        return None
-    key, title = "dose", "Dose-response: how much of each placement a model can take"
-    caption = ("Each metric against the drop rate applied at every site of the placement (rate 0: no dropout, "
-               "the same runs for every line); mean and 95% t-interval across seeds.")
-    zero = [p for p, d in doses.items() if d == 0.0]
-    styles = styles or placement_styles(tidy["placement"].unique())
-    ncols = min(len(panels), 3)
-    fig, axes = new_figure(ncols, -(-len(panels) // ncols), height=3.3)
-    with matplotlib.rc_context(_RC):
-        for ax, (measure, x, mode, panel_title) in zip(axes.flat, panels):
-            rows = tidy[tidy["measure"] == measure]
-            if x is not None:
-                rows = rows[np.isclose(rows["x"].astype(float), x)]
-            if mode is not None:
-                rows = rows[rows["mode"] == mode]
-            if "layer" in rows and len(rows) and not (rows["layer"] == -1).any():
-                rows = rows[rows["layer"] == rows["layer"].max()]
-            for name in lines:
-                members = [p for p in names.index if names[p] == name] + zero
-                sel = rows[rows["placement"].isin(members)].assign(x=lambda d: d["placement"].map(doses))
-                est = stats.estimate(sel, by=("x",))
-                if est.empty:
-                    continue
-                style = styles[next(p for p in names.index if names[p] == name)]
-                _draw(ax, est, Style(style.colour, style.marker, "-"), name)
-            ax.set_title(textwrap.fill(panel_title, 34), fontsize=9.5)
-            ax.set_xlabel("drop rate")
-            ax.set_xticks(sorted({d for d in doses.values() if d is not None}))  # the rates that were run
-        for ax in list(axes.flat)[len(panels):]:
-            ax.set_visible(False)
-        legend: dict[str, object] = {}
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                legend.setdefault(lab, h)
-        if legend:
-            fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=min(len(legend), 4),
-                       fontsize=9)
-    return Figure(key, title, caption, to_svg(fig, key, f"{title}. {caption}"))

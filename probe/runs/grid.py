@@ -1,7 +1,7 @@
 """Grids of runs: which cells to run, where, and in what order (``run_grid``).
 
 What one cell is, how its results are cached, verified and locked, lives in
-``probe.runs``; this module only schedules. Cells already finished on disk
+``probe.runs.cells``; this module only schedules. Cells already finished on disk
 are skipped; an interrupted grid restarted with the same arguments resumes
 (a half-trained run from its last epoch checkpoint). Two grids sharing a
 runs folder never train one run twice: a cell whose run another process is
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .runs import Cell, CellResult, MeasureFn, load_cached, run_cell_safely
+from probe.runs.cells import Cell, CellResult, MeasureFn, load_cached, run_cell_safely
 
 EXECUTORS = ("local", "ray")
 
@@ -42,7 +42,7 @@ def run_grid(
 
     ``executor="local"``: ``jobs`` worker processes on this machine.
     ``executor="ray"``: one Ray task per cell on the cluster at ``address``
-    (see ``probe.ray_executor``), writing into the same run cache, so either
+    (see ``probe.runs.ray_executor``), writing into the same run cache, so either
     executor can resume a grid the other started. ``threads``: torch threads
     per run (default: this machine's cores shared among ``jobs``; 1 on Ray).
     Results do not depend on the executor when ``threads`` is the same.
@@ -90,7 +90,7 @@ def _execute(cells, groups, runs_dir, measure_fn, data_dir, *, jobs, executor, a
     if not groups:
         return
     if executor == "ray":
-        from .ray_executor import run_on_ray
+        from probe.runs.ray_executor import run_on_ray
 
         run_on_ray([cells[g[0]] for g in groups], groups, runs_dir, measure_fn, data_dir,
                    address=address, threads=threads or 1, wait=wait, on_result=on_result)

@@ -1,7 +1,7 @@
 """Run grid cells as Ray tasks on an existing cluster (``run_grid(..., executor="ray")``).
 
 Each cell becomes one task that trains and measures it exactly as a local
-worker would (``probe.runs.run_cell``), writing into the same run cache:
+worker would (``probe.runs.cells.run_cell``), writing into the same run cache:
 the cache must be a folder every Ray node sees at the same path (the
 local disk for a one-machine cluster, a shared filesystem otherwise).
 A task asks for a GPU when its run's device is CUDA.
@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-from .runs import CellResult, run_cell_safely
+from probe.runs.cells import CellResult, run_cell_safely
 
 # A worker killed mid-run (out of memory, a preempted node) is tried again this many times.
 MAX_RETRIES = 2

@@ -8,7 +8,7 @@ that it stays small. Every file is written atomically, the HTML last, so a
 report on disk is always whole.
 
 The page answers first: the headline sentences and the validity checks
-(``probe.validity``), one answer table and the lead figures (effects with
+(``probe.report.validity``), one answer table and the lead figures (effects with
 intervals, dose-response), then the full list of comparisons, collapsed,
 and the evidence.
 
@@ -34,13 +34,17 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from probe import measure_names, report_text, stats
+from probe.measure import names as measure_names
+
+from probe.report import text as report_text
+
+from probe.analysis import compare, inference
 from probe.files import write_atomic
-from probe.figures import Figure, ordered_placements, placement_styles
+from probe.report.plotting import Figure, ordered_placements, placement_styles
 from probe.placements import Placement, PlacementError, describe, parse_placement
 
 ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("probe", "templates"),
+    loader=jinja2.PackageLoader("probe.report", "templates"),
     autoescape=True,  # explicit: the templates end in .j2, which select_autoescape would not match
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
@@ -110,7 +114,7 @@ def placement_rows(placements: Iterable[str | Placement], colours: dict[str, str
 def scalar_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float = 0.95) -> dict:
     """Mean and t-interval across seeds, placements as rows: {"measures", "rows": [{placement, cells}]}."""
     rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
-    est = stats.estimate(rows, by=("placement", "measure"), confidence=confidence)
+    est = inference.estimate(rows, by=("placement", "measure"), confidence=confidence)
     present = [m for m in measures if (est["measure"] == m).any()]
     out = []
     for placement in ordered_placements(est["placement"].unique()):
@@ -126,7 +130,7 @@ def scalar_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float 
 def scalar_rows_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float = 0.95) -> dict:
     """Every other scalar, one row per measure x layer (x mode where a measure has several), placements as columns."""
     rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
-    est = stats.estimate(rows, by=("measure", "layer", "mode", "placement"), confidence=confidence)
+    est = inference.estimate(rows, by=("measure", "layer", "mode", "placement"), confidence=confidence)
     placements = ordered_placements(est["placement"].unique())
     modes = est.groupby("measure")["mode"].nunique()
     out = []
@@ -246,8 +250,8 @@ def render_report(
 
     ``methods`` holds extra paragraphs for the methods section (the corpus
     and its split, say); the statistical methods paragraph is always added.
-    ``headline``, ``checks`` (``probe.validity.Check``), ``answer``
-    (``probe.answer.answer_table``) and ``lead_figures`` make the first
+    ``headline``, ``checks`` (``probe.report.validity.Check``), ``answer``
+    (``probe.report.answer.answer_table``) and ``lead_figures`` make the first
     screen; ``summary`` is the full list of comparisons in words.
     ``placement_specs`` maps labels that are not placement specs (checkpoints
     measured by ``probe.measure``) to the placement each was trained with.
@@ -295,7 +299,7 @@ def render_report(
 
 def _estimates(tidy: pd.DataFrame, measures: Sequence[str], confidence: float) -> pd.DataFrame:
     rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
-    return stats.estimate(rows, by=("placement", "measure"), confidence=confidence)
+    return inference.estimate(rows, by=("placement", "measure"), confidence=confidence)
 
 
 def study_report(
@@ -306,16 +310,16 @@ def study_report(
     config: dict,
     placements: Sequence[str | Placement],
     tidy: pd.DataFrame,
-    metrics: Sequence[str | stats.Metric],
+    metrics: Sequence[str | compare.Metric],
     reference: str = "zaremba",
     environment: dict | None = None,
     methods: Sequence[str] = (),
     alpha: float = 0.05,
 ) -> Path:
     """Tests, sentences, figures and the rendered report in one call: what a study runs at its end."""
-    from probe.figures import standard_figures
+    from probe.report.figures import standard_figures
 
-    tests = stats.test_against_reference(tidy, reference, metrics, alpha=alpha)
+    tests = compare.test_against_reference(tidy, reference, metrics, alpha=alpha)
     return render_report(
         path, title=title, question=question, config=config, placements=placements, tidy=tidy, tests=tests,
         summary=report_text.summarize(tests, alpha=alpha), environment=environment or collect_environment(),

@@ -64,7 +64,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.corpus import EOS, SPLITS, UNK, Corpus, CorpusError, Vocab
+from probe.data.corpus import EOS, SPLITS, UNK, Corpus, CorpusError, Vocab
 from probe.files import file_sha256
 
 LEVELS = ("word", "char")

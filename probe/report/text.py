@@ -2,7 +2,7 @@
 
 ``fmt``/``fmt_p``/``fmt_fixed`` format numbers; ``summarize`` states every
 tested comparison in words (the collapsed list of a report). The headline
-and validity checks of a study are built on these in ``probe.answer``.
+and validity checks of a study are built on these in ``probe.report.answer``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from probe import measure_names, stats
+from probe.measure import names as measure_names
+
+from probe.analysis import inference
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -115,7 +117,7 @@ def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0
             after = f", {fmt_p(min(1.0, floor * k))} after Holm over {k} comparisons" if k > 1 else ""
             head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds no test can reach significance at "
                     f"α = {alpha:g} (the smallest attainable permutation p-value is {fmt_p(floor)}{after}; "
-                    f"{stats.seeds_needed(max(k, 1), alpha)} seeds per placement are needed), so the differences are "
+                    f"{inference.seeds_needed(max(k, 1), alpha)} seeds per placement are needed), so the differences are "
                     f"estimates, not findings.")
         else:
             head = (f"{metric[:1].upper()}{metric[1:]}: no placement differs significantly from "

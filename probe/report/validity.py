@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from probe import stats
-from probe.report_text import fmt, fmt_p
+from probe.analysis import compare, inference
+from probe.report.text import fmt, fmt_p
 
 OVERFIT_GAP = 1.05  # validation / training perplexity at the best epoch
 RISE = 1.01  # an epoch's validation perplexity over the best before it
@@ -65,7 +65,7 @@ class Check:
 
 
 def _placement_rows(tidy: pd.DataFrame, placement: str) -> pd.DataFrame:
-    label = stats.reference_label(tidy["placement"].unique(), placement)
+    label = compare.reference_label(tidy["placement"].unique(), placement)
     return tidy[tidy["placement"] == label] if label is not None else tidy.iloc[0:0]
 
 
@@ -91,7 +91,7 @@ def check_overfits(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Check:
         best = v.idxmin()
         gaps.append(v[best] / t[best])
         rises.append(float((v / v.cummin().shift(1)).max()) if len(v) > 1 else math.nan)
-    gap = stats.mean_ci(gaps)
+    gap = inference.mean_ci(gaps)
     rose = sum(r >= RISE for r in rises)
     passed = gap.mean >= OVERFIT_GAP and (gap.n < 2 or gap.low > 1.0) and rose >= len(seeds) / 2
     detail = (f"{reference}: validation over training perplexity at the best epoch {fmt(gap.mean, 3)} "
@@ -106,7 +106,7 @@ def check_dropout_helps(tidy: pd.DataFrame, alpha: float = 0.05, reference: str 
     title = "Some dropout placement beats no dropout on test perplexity"
     failure = ("No dropout placement has a significantly lower test perplexity than none, so regularisation "
                "gained cannot be weighed against memory lost.")
-    tests = stats.test_against_reference(tidy, reference, "test_ppl", alpha=alpha)
+    tests = compare.test_against_reference(tidy, reference, "test_ppl", alpha=alpha)
     if tests.empty:
         return Check("dropout_helps", title, None, f"no test perplexities of {reference!r} and another placement",
                      failure)
@@ -144,14 +144,14 @@ def check_lag_span(tidy: pd.DataFrame) -> Check:
 def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Check:
     title = "Without dropout, planted copies are recalled above chance at every planted lag"
     rows = _placement_rows(tidy, reference)
-    recall = stats.per_seed(rows[rows["measure"] == "recall_accuracy"], by=("x",))
+    recall = inference.per_seed(rows[rows["measure"] == "recall_accuracy"], by=("x",))
     chance = tidy[tidy["measure"] == "recall_accuracy_chance"].groupby("x")["value"].mean()
     if recall.empty or chance.empty:
         return Check("memory_learned", title, None, f"no recall (or chance) measurements of {reference!r}",
                      "Memory could not be checked.")
     parts, failed, learned = [], [], []
     for lag, g in recall.groupby("x"):
-        ci = stats.mean_ci(g["value"])
+        ci = inference.mean_ci(g["value"])
         base = float(chance.get(lag, math.nan))
         ok = ci.mean >= base + RECALL_MARGIN and (ci.n < 2 or ci.low > base)
         parts.append(f"lag {lag:g}: {fmt(ci.mean, 2)} [{fmt(ci.low, 2)}, {fmt(ci.high, 2)}] vs chance {fmt(base, 2)}")
@@ -165,8 +165,8 @@ def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Che
                  {"learned_lags": learned, "failed_lags": failed})
 
 
-def _best_placement(tidy: pd.DataFrame) -> tuple[str, stats.MeanCI] | None:
-    est = {p: stats.mean_ci(stats.per_seed(g, by=("placement",))["value"])
+def _best_placement(tidy: pd.DataFrame) -> tuple[str, inference.MeanCI] | None:
+    est = {p: inference.mean_ci(inference.per_seed(g, by=("placement",))["value"])
            for p, g in tidy[tidy["measure"] == "test_ppl"].groupby("placement")}
     est = {p: e for p, e in est.items() if np.isfinite(e.mean)}
     if not est:

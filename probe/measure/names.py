@@ -3,7 +3,7 @@
 Statistics (which way is better), figures (axis labels, log scales, noise
 floors) and the report (table headers, sentences) all read this table, so a
 measure is described once. Producers: ``probe.measure`` (every measurement)
-and ``probe.train.result_rows`` (perplexities and training curves).
+and ``probe.runs.train.result_rows`` (perplexities and training curves).
 ``tests/test_measure_names.py`` fails when a producer emits a name missing
 here, or when a name here is emitted by no producer.
 
@@ -60,7 +60,7 @@ _LAG = dict(axis="lag")
 _DECAY = dict(axis="lag", log_y=True)
 
 MEASURES: dict[str, MeasureName] = {m.name: m for m in (
-    # --- training (probe.train.result_rows) ---
+    # --- training (probe.runs.train.result_rows) ---
     _m("valid_ppl", "validation perplexity", direction=LOWER),
     _m("test_ppl", "test perplexity", direction=LOWER),
     _m("final_valid_ppl", "validation perplexity at the last epoch", direction=LOWER),

@@ -1,10 +1,7 @@
 """Runs of a study: a cell (what to train and how to measure it), its cached result, and ``run_cell``.
 
 A cell's results live in its run folder ``<runs_dir>/<run_id>/``
-(its layout, lock and configuration check are ``probe.run_folder``'s, its
-manifest ``probe.manifest``'s: ``probe.train`` writes the folder and this
-module calls ``probe.train``, so they sit below both; ``RunFolder`` is
-re-exported here): the training files written by ``probe.train`` and one
+(``probe.runs.folder``): the training files written by ``probe.runs.train`` and one
 ``measure-<id>.csv`` per measurement configuration. Every file is recorded in
 the folder's manifest when written and verified when read, so a result is
 either whole and the one that was written, or it is moved aside and
@@ -17,7 +14,7 @@ the measurement. Nothing damaged reaches a statistic.
 processes (two studies on one runs folder, workers of a Ray cluster on a
 shared one) never train the same run twice: the second waits for the lock,
 then finds the result and reuses it. Results are typed: ``CellResult.result``
-is a ``probe.train.RunResult``.
+is a ``probe.runs.config.RunResult``.
 """
 
 from __future__ import annotations
@@ -33,10 +30,11 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from .corpus import Corpus
-from .datasets import corpus_fingerprint, load_corpus
-from .run_folder import RESULT, RunFolder, measure_file
-from .train import RunConfig, RunResult, train
+from probe.data.corpus import Corpus
+from probe.data.registry import corpus_fingerprint, load_corpus
+from probe.runs.folder import RESULT, RunFolder, measure_file
+from probe.runs.config import RunConfig, RunResult
+from probe.runs.train import train
 
 __all__ = ["Cell", "CellResult", "MeasureFn", "RunFolder", "load_cached", "measure_file", "run_cell",
            "run_cell_safely", "run_folder"]
@@ -44,7 +42,7 @@ __all__ = ["Cell", "CellResult", "MeasureFn", "RunFolder", "load_cached", "measu
 MeasureFn = Callable[[Any, Corpus, Any, dict], pd.DataFrame]
 
 # What a CellResult's status can be. "busy": another process held the run's lock and the caller
-# asked not to wait (probe.grid then comes back to it).
+# asked not to wait (probe.runs.grid then comes back to it).
 STATUSES = ("finished", "diverged", "failed", "busy")
 
 

@@ -16,7 +16,7 @@ which is how measurements apply a placement's training masks identically to
 two inputs without depending on train/eval mode.
 
 The per-layer computation (a layer's masks, and one layer on them) is
-``probe.masked_lstm``'s, shared with ``MaskedLSTM`` (the drop-in for
+``probe.model.masked_lstm``'s, shared with ``MaskedLSTM`` (the drop-in for
 ``torch.nn.LSTM``), so there is one masked LSTM layer in the toolkit.
 """
 
@@ -29,8 +29,8 @@ from torch import nn
 
 from kernels import linear, lstm_layer_from_input
 
-from .masked_lstm import LayerMasks, apply_mask, masked_lstm_layer, sample_layer_masks
-from .placements import Placement, Site, dropout_mask, parse_placement, site_mask
+from probe.model.masked_lstm import LayerMasks, apply_mask, masked_lstm_layer, sample_layer_masks
+from probe.placements import Placement, Site, dropout_mask, parse_placement, site_mask
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 

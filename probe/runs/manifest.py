@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .files import write_atomic
+from probe.files import write_atomic
 
 MANIFEST = "manifest.json"
 DAMAGED = "damaged"
