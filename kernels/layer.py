@@ -53,6 +53,7 @@ def lstm_layer(
     cell: torch.Tensor | None = None,
     zoneout_h: torch.Tensor | None = None,
     zoneout_c: torch.Tensor | None = None,
+    masks: RecurrentMasks | None = None,
     backend: str = "auto",
 ):
     """Run the masked LSTM recurrence over a sequence.
@@ -60,14 +61,15 @@ def lstm_layer(
     gx (T, B, 4H) is the input projection W_ih x_t + b for every step (input
     dropout already applied to x); h0, c0 (B, H); w_hh (4H, H) in PyTorch's
     gate order i, f, g, o, DropConnect already applied. Each mask is None,
-    (B, H) for sequence scope or (T, B, H) for step scope. Returns
+    (B, H) for sequence scope or (T, B, H) for step scope; a caller holding
+    them as one ``RecurrentMasks`` passes ``masks=`` instead. Returns
     ``hs (T, B, H), (h_T, c_T)``.
 
     backend: one of ``BACKENDS`` (``BACKEND_HELP`` says what each runs);
     "auto" is Triton for CUDA tensors, the compiled loop elsewhere. ("native",
     torch's fused LSTM, needs the input x: ``lstm_layer_from_input``.)
     """
-    masks = RecurrentMasks(recurrent, cell_update, cell, zoneout_h, zoneout_c)
+    masks = _bundle(masks, recurrent, cell_update, cell, zoneout_h, zoneout_c)
     check_inputs(gx, h0, c0, w_hh, masks)
     if canonical_backend(backend) == "native":
         raise ValueError("backend 'native' needs the layer's input x: use lstm_layer_from_input")
@@ -94,6 +96,7 @@ def lstm_layer_from_input(
     cell: torch.Tensor | None = None,
     zoneout_h: torch.Tensor | None = None,
     zoneout_c: torch.Tensor | None = None,
+    masks: RecurrentMasks | None = None,
     backend: str = "auto",
 ):
     """``lstm_layer`` on gx = x @ w_ih.T + bias, computed from the layer's input x (T, B, I).
@@ -115,7 +118,7 @@ def lstm_layer_from_input(
     for name, t in (("w_ih", w_ih), ("bias", bias)):
         if t is not None and (t.dtype != x.dtype or t.device != x.device):
             raise ValueError(f"{name} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}")
-    masks = RecurrentMasks(recurrent, cell_update, cell, zoneout_h, zoneout_c)
+    masks = _bundle(masks, recurrent, cell_update, cell, zoneout_h, zoneout_c)
     T, B, _ = x.shape
     gx_like = x.new_empty(1, 1, 1).expand(T, B, w_ih.shape[0])  # shape, dtype and device, no memory
     check_inputs(gx_like, h0, c0, w_hh, masks)
@@ -126,7 +129,19 @@ def lstm_layer_from_input(
         return lstm_layer_loop(linear(x, w_ih, bias), h0, c0, w_hh, masks)
     if chosen == "compiled":
         return lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks)
-    return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, **masks._asdict(), backend="triton")
+    return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, masks=masks, backend="triton")
+
+
+def _bundle(masks: RecurrentMasks | None, *separate) -> RecurrentMasks:
+    """The masks as one bundle: ``masks`` as given (callers that hold a bundle pass it through), or the
+    separate keywords; not both."""
+    if masks is None:
+        return RecurrentMasks(*separate)
+    if any(m is not None for m in separate):
+        raise ValueError("give the recurrent masks either as masks=RecurrentMasks(...) or as keywords, not both")
+    if not isinstance(masks, RecurrentMasks):
+        raise ValueError(f"masks must be a kernels.RecurrentMasks; got {type(masks).__name__}")
+    return masks
 
 
 def _resolve_backend(backend: str, t: torch.Tensor, masks: RecurrentMasks, *, native: bool = True) -> str:

@@ -204,14 +204,57 @@ def _valid_names() -> str:
     return ", ".join(PLACEMENT_NAMES)
 
 
-def parse_placement(spec: str | Placement) -> Placement:
-    """Parse ``name[:key=value,...]`` into a Placement, or raise PlacementError."""
-    if isinstance(spec, Placement):
-        return spec
+def spec_items(spec: str) -> tuple[str, dict[str, str]]:
+    """The grammar of a spec, ``name[:key=value,...]``: its name and its items as written (not yet checked
+    against the registry). A malformed or repeated item is a PlacementError."""
     if not isinstance(spec, str) or not spec.strip():
         raise PlacementError(f"a placement spec must be a non-empty string; valid names: {_valid_names()}")
     name, _, rest = spec.strip().partition(":")
-    name = name.strip()
+    items: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))) if rest else ():
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
+            d = REGISTRY.get(name.strip())
+            valid = "" if d is None else "; valid keys: " + (", ".join(d.keys) or "none (this placement takes no parameters)")
+            raise PlacementError(f"bad item {item!r} in placement spec {spec!r}; expected key=value{valid}")
+        if key in items:
+            raise PlacementError(f"placement spec {spec!r} sets {key!r} twice ({key}={items[key]}, {key}={value}); "
+                                 "give each key once")
+        items[key] = value
+    return name.strip(), items
+
+
+def placement_name(label) -> str | None:
+    """The registry name of a label that is a placement spec (``variational:p=0.5`` -> ``variational``),
+    or None for any other label (``small · zaremba:p=0.5``, a user's ``--label``)."""
+    try:
+        return parse_placement(str(label)).name
+    except PlacementError:
+        return None
+
+
+def parse_placement(spec: str | Placement, **rates) -> Placement:
+    """Parse ``name[:key=value,...]`` into a Placement, or raise PlacementError.
+
+    ``rates`` (keyword items, e.g. ``p=0.3``) are merged in; a key set both in the spec string and as a
+    keyword is an error. A Placement is returned as it is, or with ``rates`` overriding its values.
+    """
+    if isinstance(spec, Placement):
+        if not rates:
+            return spec
+        name, items = spec.name, {k: str(v) for k, v in spec.params.items()}
+        items.update({k: str(v) for k, v in rates.items()})
+        spec = f"{name}:" + ",".join(f"{k}={v}" for k, v in items.items())
+    elif rates:
+        _, given = spec_items(spec)
+        both = sorted(set(given) & set(rates))
+        if both:
+            raise PlacementError(
+                f"rate {both[0]!r} is set both in the placement spec {spec!r} and as a keyword; give it once"
+            )
+        spec = spec.strip() + ("," if ":" in spec else ":") + ",".join(f"{k}={v}" for k, v in rates.items())
+    name, items = spec_items(spec)
     if name not in REGISTRY:
         raise PlacementError(f"unknown placement {name!r}; valid names: {_valid_names()}")
     d = REGISTRY[name]
@@ -219,11 +262,7 @@ def parse_placement(spec: str | Placement) -> Placement:
     if d.scope_choice:
         params["scope"] = _default_scope(d).value
     valid = ", ".join(d.keys) or "none (this placement takes no parameters)"
-    for item in filter(None, (s.strip() for s in rest.split(","))) if rest else ():
-        key, eq, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key or not value:
-            raise PlacementError(f"bad item {item!r} in placement spec {spec!r}; expected key=value; valid keys: {valid}")
+    for key, value in items.items():
         if key not in d.keys:
             raise PlacementError(f"placement {name!r} has no parameter {key!r}; valid keys: {valid}")
         if key == "scope":

@@ -35,10 +35,10 @@ from probe.report.answer import answer_columns, answer_metrics, answer_table, he
 from probe.data.corpus import CorpusError
 from probe.data.registry import load_corpus
 from probe.runs.grid import run_grid
-from probe.runs.cells import Cell, CellResult
+from probe.runs.cells import Cell, CellResult, tidy_table
 from probe.runs.ray_executor import ClusterError
 from probe.measure import MeasureConfig, run_all
-from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
+from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement, placement_name
 from probe.report.effect_figures import dose_figure, forest_figure
 from probe.report.plotting import placement_styles
 from probe.report.figures import standard_figures
@@ -211,45 +211,10 @@ def plan_cells(plan: CorpusPlan, placements, seeds, device: str) -> list[Cell]:
     return [Cell(plan.run_config(p, s, device), plan.measure) for p in placements for s in seeds]
 
 
-def training_rows(result: CellResult) -> list[dict]:
-    """Perplexities (at the selected epoch and the last one) and training curves of one run as tidy rows."""
-    ids = result.cell.ids()
-    r = result.result
-    if r is None:  # a failed run: no numbers
-        return []
-
-    def row(measure, value, x_name="", x=math.nan):
-        value = math.nan if value is None else value
-        return dict(ids, measure=measure, x_name=x_name, x=x, value=value, layer=-1, mode="")
-
-    rows = [row(key, getattr(r, key)) for key in ("valid_ppl", "test_ppl", "final_valid_ppl", "final_test_ppl")]
-    rows += [row("selected_epoch", r.selected_epoch), row("train_seconds", r.seconds)]
-    for e in r.epochs:
-        rows.append(row("train_ppl", e["train_ppl"], "epoch", float(e["epoch"])))
-        rows.append(row("valid_ppl_epoch", e["valid_ppl"], "epoch", float(e["epoch"])))
-    return rows
-
-
-def tidy_table(results: list[CellResult]) -> pd.DataFrame:
-    """Every number the report shows, one row per placement x seed x measure x x-value."""
-    frames = [pd.DataFrame([r for res in results for r in training_rows(res)])]
-    frames += [res.measurements for res in results if res.measurements is not None]
-    df = pd.concat(frames, ignore_index=True)
-    df["seed"] = df["seed"].astype(int)
-    return df
-
-
-def _labels(df: pd.DataFrame) -> pd.DataFrame:
-    """Label placements by their canonical spec (``zaremba:p=0.5``), the same in every table."""
-    df = df.copy()
-    df["placement"] = [parse_placement(p).spec for p in df["placement"]]
-    return df
-
-
 def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], path: Path, args, corpus,
                reference: str) -> Path:
-    df = _labels(tidy_table(results))
-    placements = [parse_placement(p).spec for p in dict.fromkeys(c.run.placement for c in (r.cell for r in results))]
+    df = tidy_table(results)  # placements are labelled by the canonical specs their RunConfigs hold
+    placements = list(dict.fromkeys(r.cell.run.placement for r in results))
     status = pd.Series([r.status for r in results]).value_counts().to_dict()
     failed = [f"{r.cell.run.placement} seed {r.cell.run.seed}: {r.status}" for r in results if r.status != "finished"]
     example = results[0].cell
@@ -334,10 +299,10 @@ def report_name(preset: str, corpus: str, *, first: bool) -> str:
 
 def resolve_reference(reference: str, placements: list[str]) -> str:
     """The placement spec the others are tested against: an exact spec, or a name that one spec has."""
-    spec = parse_placement(reference).spec
-    if spec in placements:
-        return spec
-    same_name = [p for p in placements if parse_placement(p).name == parse_placement(reference).name]
+    ref = parse_placement(reference)
+    if ref.spec in placements:
+        return ref.spec
+    same_name = [p for p in placements if placement_name(p) == ref.name]
     if ":" not in reference and len(same_name) == 1:
         return same_name[0]
     raise PlacementError(f"reference placement {reference!r} is not among the placements: {', '.join(placements)}")

@@ -55,7 +55,8 @@ QUESTION = (
 
 
 def group_label(size: str, placement: str) -> str:
-    return f"{size} · {parse_placement(placement).spec}"
+    """How tables name a group: the size and the canonical spec a RunConfig holds."""
+    return f"{size} · {placement}"
 
 
 def plan(args) -> list[tuple[str, Cell]]:

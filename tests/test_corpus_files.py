@@ -254,6 +254,8 @@ def test_run_id_hashes_the_file_content_in(tmp_path):
     first = config.run_id()
     assert config.run_id() == first and config.corpus_sha256() == _sha(path)
     _write(path, _words(51, seed=1))  # another size too: the digest cache keys on stat
+    assert config.run_id() == first  # a config's identity does no I/O: the digest was read when it was built
+    config = preset("tiny", corpus=str(path))
     assert config.run_id() != first and config.corpus_sha256() == _sha(path)
     # Registry and synthetic corpora keep the plain hash of the configuration.
     plain = preset("tiny", corpus="synthetic")

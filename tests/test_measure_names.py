@@ -12,7 +12,8 @@ from probe.runs.cells import Cell, CellResult
 from probe.runs.config import RunResult
 from probe.measure import run_all
 from probe.model.language_model import LanguageModel
-from studies.memory_decay import PRESETS, training_rows
+from probe.runs.cells import training_rows
+from studies.memory_decay import PRESETS
 
 
 @pytest.fixture(scope="module")

@@ -697,3 +697,16 @@ def test_zoneout_h_mask_keeps_exactly_the_masked_units():
 
 def test_mask_names_cover_every_recurrent_site():
     assert set(MASK_NAMES) == set(RECURRENT_FIELD.values())
+
+
+def test_a_key_given_twice_in_a_spec_is_an_error_naming_both_values():
+    with pytest.raises(PlacementError, match=r"sets 'rec' twice \(rec=0.3, rec=0.4\)"):
+        parse_placement("variational:rec=0.3,rec=0.4")
+
+
+def test_placement_name_parses_specs_and_leaves_other_labels_alone():
+    from probe.placements import placement_name
+
+    assert placement_name("variational:p=0.5") == "variational"
+    assert placement_name("small · zaremba:p=0.5") is None
+    assert placement_name("dropout-0.2") is None

@@ -508,3 +508,25 @@ def test_projected_layer_rejects_bad_inputs(change, message):
     args = dict(x=x, w_ih=w_ih, bias=b, h0=h0, c0=c0, w_hh=w) | change
     with pytest.raises(ValueError, match=re.escape(message)):
         lstm_layer_from_input(**args)
+
+
+def test_backends_are_named_for_what_they_run_and_reference_is_an_alias_of_compiled():
+    import warnings
+
+    from kernels import BACKENDS, canonical_backend
+    from kernels.reference import lstm_layer_loop
+
+    assert BACKENDS == ("auto", "spec", "compiled", "native", "triton")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert canonical_backend("reference") == "compiled"
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    g = torch.Generator().manual_seed(0)
+    gx, h0, c0, w = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((5, 3, 16), (3, 4), (3, 4), (16, 4)))
+    rec = (torch.rand(5, 3, 4, generator=g, dtype=torch.float64) > 0.3).double() / 0.7
+    want = lstm_layer_loop(gx, h0, c0, w, RecurrentMasks(recurrent=rec))[0]
+    for backend in ("spec", "compiled"):
+        got = lstm_layer(gx, h0, c0, w, masks=RecurrentMasks(recurrent=rec), backend=backend)[0]
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="not both"):
+        lstm_layer(gx, h0, c0, w, recurrent=rec, masks=RecurrentMasks(recurrent=rec))

@@ -96,7 +96,7 @@ TEST_COLUMNS = [
 
 def test_against_reference(
     tidy: pd.DataFrame,
-    reference: str = "zaremba",
+    reference: str = "none",
     metric: str | Metric | Sequence[str | Metric] = "test_ppl",
     *,
     alpha: float = 0.05,

@@ -45,7 +45,7 @@ class ModelConfig:
     num_layers: int = 2
     tie_weights: bool = False
     init_scale: float = 0.1
-    placement: str = "none"
+    placement: Placement | str = "none"  # a spec string is parsed once, here
     backend: str = "auto"
     # Added to every forget-gate bias after the uniform initialisation (Gers et al. 2000; Jozefowicz et al.
     # 2015 found 1.0 closes most of the LSTM's gap on long dependencies); 0 is Zaremba et al.'s init.
@@ -62,7 +62,7 @@ class ModelConfig:
             )
         if not self.init_scale > 0:
             raise ValueError(f"init_scale must be positive; got {self.init_scale}")
-        parse_placement(self.placement)  # fail early, with the registry's message
+        object.__setattr__(self, "placement", parse_placement(self.placement))  # fails early, with the registry's message
 
 
 @dataclass
@@ -88,7 +88,7 @@ class LanguageModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.placement: Placement = parse_placement(config.placement)
+        self.placement: Placement = config.placement
         c = config
         self.embedding = nn.Embedding(c.vocab_size, c.emb_size)
         sizes = [c.emb_size] + [c.hidden_size] * c.num_layers

@@ -124,31 +124,12 @@ def masked_lstm_layer(
     """
     w = w_hh if masks.weight is None else w_hh * masks.weight
     run = lstm_layer_from_input if recurrence is None else recurrence
-    return run(apply_mask(x, masks.input), w_ih, bias, h0, c0, w, **masks.recurrent._asdict(), backend=backend)
+    return run(apply_mask(x, masks.input), w_ih, bias, h0, c0, w, masks=masks.recurrent, backend=backend)
 
 
 def placement_with_rates(placement: str | Placement, rates: dict) -> Placement:
-    """``placement`` with the keyword rates merged into its spec (``name:key=value,...``).
-
-    Unknown keys give the registry's error; a key set both in a spec string and as a
-    keyword is an error. Keywords override a ``Placement`` object's values.
-    """
-    if not rates:
-        return parse_placement(placement)
-    if isinstance(placement, Placement):
-        name, items = placement.name, [f"{k}={v}" for k, v in placement.params.items()]
-    else:
-        parse_placement(placement)  # the registry's message for a bad name or item
-        name, _, rest = placement.strip().partition(":")
-        items = [s.strip() for s in rest.split(",") if s.strip()]
-        given = {item.partition("=")[0].strip() for item in items}
-        both = sorted(given & set(rates))
-        if both:
-            raise ValueError(
-                f"rate {both[0]!r} is set both in the placement spec {placement!r} and as a keyword; give it once"
-            )
-    items += [f"{k}={v}" for k, v in rates.items()]
-    return parse_placement(f"{name.strip()}:{','.join(items)}")
+    """``placement`` with the keyword rates merged into its spec (``probe.placements.parse_placement``)."""
+    return parse_placement(placement, **rates)
 
 
 def _between_mask(shape, p: float, generator, *, dtype, device) -> torch.Tensor:

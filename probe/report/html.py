@@ -311,7 +311,7 @@ def study_report(
     placements: Sequence[str | Placement],
     tidy: pd.DataFrame,
     metrics: Sequence[str | compare.Metric],
-    reference: str = "zaremba",
+    reference: str = "none",
     environment: dict | None = None,
     methods: Sequence[str] = (),
     alpha: float = 0.05,

@@ -20,6 +20,7 @@ is a ``probe.runs.config.RunResult``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import hashlib
 import json
 import traceback
@@ -167,3 +168,34 @@ def run_cell_safely(cell: Cell, runs_dir, measure_fn, data_dir=None, threads=Non
     if result.status != "busy":
         folder.clear_failure()
     return result
+
+
+# --- results as tidy rows ------------------------------------------------------------
+
+
+def training_rows(result: CellResult) -> list[dict]:
+    """Perplexities (at the selected epoch and the last one) and training curves of one run as tidy rows."""
+    ids = result.cell.ids()
+    r = result.result
+    if r is None:  # a failed run: no numbers
+        return []
+
+    def row(measure, value, x_name="", x=math.nan):
+        value = math.nan if value is None else value
+        return dict(ids, measure=measure, x_name=x_name, x=x, value=value, layer=-1, mode="")
+
+    rows = [row(key, getattr(r, key)) for key in ("valid_ppl", "test_ppl", "final_valid_ppl", "final_test_ppl")]
+    rows += [row("selected_epoch", r.selected_epoch), row("train_seconds", r.seconds)]
+    for e in r.epochs:
+        rows.append(row("train_ppl", e["train_ppl"], "epoch", float(e["epoch"])))
+        rows.append(row("valid_ppl_epoch", e["valid_ppl"], "epoch", float(e["epoch"])))
+    return rows
+
+
+def tidy_table(results: list[CellResult]) -> pd.DataFrame:
+    """Every number the report shows, one row per placement x seed x measure x x-value."""
+    frames = [pd.DataFrame([r for res in results for r in training_rows(res)])]
+    frames += [res.measurements for res in results if res.measurements is not None]
+    df = pd.concat(frames, ignore_index=True)
+    df["seed"] = df["seed"].astype(int)
+    return df
