@@ -1,60 +1,6 @@
 """Corpora from the user's own text: one UTF-8 file cut by fractions, or a folder of three files.
 
-Syntax (what ``--corpus`` and ``load_corpus`` take)
----------------------------------------------------
-``PATH``
-    A text file or a folder, with the default options. A plain string counts
-    as a path when it contains ``/`` or ``\\``, ends in ``.txt`` or names
-    something that exists; registry names (``ptb``, ...) and synthetic specs
-    are matched first, so write ``./ptb`` for a file called ``ptb``.
-``text:PATH``
-    The same, for any path: everything after ``text:`` is the path, verbatim.
-``text,KEY=VALUE,...:PATH``
-    With options. The options run from ``text,`` to the first ``:``; the rest
-    is the path, verbatim (so ``text,level=char:C:\\corpora\\book.txt`` works,
-    and so do paths with spaces, commas, ``=`` or further colons). Keys:
-
-    ``level=word|char`` (default word)
-        word: whitespace-separated tokens, ``<eos>`` appended at every line
-        end (pytorch/examples' word_language_model convention); char: every
-        character is a token, the newline included.
-    ``valid=FRACTION``, ``test=FRACTION`` (default 0.05 each; a single file only)
-        The share of the file's tokens held out. A file is cut in order, with
-        no shuffling: train = the first 1 - valid - test of its tokens, valid
-        the next ``valid``, test the last ``test``.
-
-A path that itself starts with ``text:`` or ``text,`` needs ``text:`` (or
-``./``) in front. Relative paths are relative to the working directory, not
-to the corpora folder (``--data-dir``). Shell examples::
-
-    --corpus notes.txt
-    --corpus corpora/mine/                      # train.txt, valid.txt, test.txt
-    --corpus 'text,level=char,valid=0.1,test=0.1:books/emma.txt'
-
-Files and rules
----------------
-A folder must hold ``train.txt``, ``valid.txt`` and ``test.txt``; ``valid=`` and
-``test=`` do not apply to it. Files are read as UTF-8 (a leading byte-order mark
-is dropped; ``\\r\\n`` and ``\\r`` line ends read as ``\\n``, as Python's text mode
-does). An empty file, a file with a NUL byte in its first 8 kB (binary), a file
-that is not UTF-8 (the error names the byte offset of the first bad byte) and a
-split that would hold no tokens are one-line ``CorpusError``s.
-
-The vocabulary comes from the training text only, in order of first
-appearance. A valid or test token that does not occur in the training text
-becomes ``<unk>``: the training text's own ``<unk>`` if it has one, else an
-``<unk>`` appended to the vocabulary (only when some token needs it).
-``Corpus.unknown_counts`` holds how many valid and test tokens became
-``<unk>``; ``Corpus.sources`` maps every file read to its sha256; and
-``Corpus.split_note`` says all of it in words (file names, sha256, level, split
-sizes, vocabulary rule, ``<unk>`` counts and shares), which study reports print.
-
-Run identity: ``RunConfig.corpus`` keeps the string as typed, and
-``RunConfig.run_id`` also hashes ``fingerprint(spec)`` (the files' sha256), so a
-run trained on a file is never reused after the file's content changes.
-Every process that trains or looks up such a run (grid workers, Ray workers)
-reads the file by the same path, so on a cluster it must be there too.
-"""
+The formats and conversions in full: docs/corpora.md."""
 
 from __future__ import annotations
 
