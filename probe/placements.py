@@ -18,6 +18,8 @@ and at evaluation hold the keep probability itself (the expectation).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -225,6 +227,7 @@ def spec_items(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), items
 
 
+@functools.lru_cache(maxsize=4096)
 def placement_name(label) -> str | None:
     """The registry name of a label that is a placement spec (``variational:p=0.5`` -> ``variational``),
     or None for any other label (``small · zaremba:p=0.5``, a user's ``--label``)."""

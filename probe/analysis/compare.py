@@ -162,7 +162,7 @@ test_against_reference.__test__ = False  # a library function, not a pytest test
 def reference_label(labels, reference: str) -> str | None:
     """The label in ``labels`` that names ``reference``: the same string, the same canonical spec
     (``zaremba`` is ``zaremba:p=0.5``), or the only label with that placement name; else None."""
-    from probe.placements import PlacementError, parse_placement
+    from probe.placements import PlacementError, parse_placement, placement_name
 
     labels = [str(x) for x in labels]
     if reference in labels:
@@ -178,13 +178,14 @@ def reference_label(labels, reference: str) -> str | None:
     same = [x for x in labels if want is not None and canonical(x) == want]
     if len(same) == 1:
         return same[0]
-    named = [x for x in labels if x.split(":", 1)[0] == reference.split(":", 1)[0]]
+    name = placement_name(reference)
+    named = [x for x in labels if name is not None and placement_name(x) == name]
     return named[0] if len(named) == 1 else None
 
 
 def registry_order(placements) -> list[str]:
     """Placement labels in registry order (then any others alphabetically), so tables and figures read alike."""
-    from probe.placements import PLACEMENT_NAMES
+    from probe.placements import PLACEMENT_NAMES, placement_name
 
     rank = {n: i for i, n in enumerate(PLACEMENT_NAMES)}
-    return sorted({str(p) for p in placements}, key=lambda p: (rank.get(p.split(":", 1)[0], len(rank)), p))
+    return sorted({str(p) for p in placements}, key=lambda p: (rank.get(placement_name(p), len(rank)), p))

@@ -14,7 +14,7 @@ from matplotlib.ticker import FuncFormatter
 
 
 from probe.analysis import compare
-from probe.placements import PLACEMENT_NAMES
+from probe.placements import PLACEMENT_NAMES, placement_name
 
 
 # Okabe & Ito (2008) colour-blind-safe colours, ordered so that in registry order
@@ -46,7 +46,7 @@ class Style:
 
 def base_name(label: str) -> str:
     """The registry name of a placement label (``variational:p=0.5`` -> ``variational``)."""
-    return str(label).split(":", 1)[0]
+    return placement_name(label) or str(label)
 
 
 def placement_styles(labels) -> dict[str, Style]:
