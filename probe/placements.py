@@ -382,3 +382,32 @@ def dose(spec: str | Placement) -> float | None:
     if not rates:
         return 0.0
     return rates.pop() if len(rates) == 1 else None
+
+
+def memory_reference(spec: str | Placement) -> tuple[str, str] | None:
+    """The controlled contrast for a placement's memory cost: (reference spec, note), or None for ``none``.
+
+    A placement that adds a recurrent mechanism (a mask on h, g, c, zoneout or DropConnect on W_hh) to
+    non-recurrent dropout is compared with ``zaremba`` at the same non-recurrent rate, so the difference is
+    what the recurrent mechanism costs; ``zaremba`` itself (and any placement with only non-recurrent masks)
+    is compared with ``none``. The note says where the contrast is not exact: non-recurrent masks tied per
+    sequence (variational, weight_drop) or an embedding mask, where zaremba's masks are per step.
+    """
+    placement = parse_placement(spec)
+    if placement.name == "none":
+        return None
+    recurrent = any(placement.active(site) for site in (*RECURRENT_SITES, Site.WEIGHT))
+    if not recurrent:
+        return "none", ""
+    rate = placement.rate(Site.INPUT)
+    if rate == 0:
+        return "none", "it has no non-recurrent dropout, so its contrast is with none"
+    notes = []
+    tied = [s.value for s in (Site.INPUT, Site.OUTPUT) if placement.active(s) and placement.sites[s].scope != Scope.STEP]
+    if tied:
+        notes.append(f"its {' and '.join(tied)} masks are tied per sequence, zaremba's are per step")
+    if placement.active(Site.EMBEDDING):
+        notes.append("it also drops embeddings, which zaremba does not")
+    if placement.rate(Site.OUTPUT) != rate:
+        notes.append(f"its output rate {placement.rate(Site.OUTPUT):g} differs from its input rate {rate:g}")
+    return parse_placement(f"zaremba:p={rate:g}").spec, "; ".join(notes)

@@ -31,7 +31,8 @@ import pandas as pd
 from probe.report import text as report_text
 
 from probe.analysis import compare
-from probe.report.answer import answer_columns, answer_metrics, answer_table, headline
+from probe.analysis.regimes import MEMORY, REGULARISATION, has_regimes, regime_rows, two_reference_tests
+from probe.report.answer import answer_columns, answer_table, headline
 from probe.data.corpus import CorpusError
 from probe.data.registry import load_corpus
 from probe.runs.grid import run_grid
@@ -65,10 +66,11 @@ class CorpusPlan:
 
     corpus: str
     run: dict  # RunConfig fields on top of the base preset's
-    measure: MeasureConfig
+    measure: MeasureConfig | None  # None: trained only (a regularisation regime needs no measurements)
     split: str = "canonical"
     optional: bool = False  # include only when its files are found
     base: str = "tiny"  # the probe.runs.train preset that ``run`` overrides
+    regime: str = ""  # regimes.REGULARISATION or regimes.MEMORY in a study of two regimes; "" for one
 
     def run_config(self, placement: str, seed: int, device: str) -> RunConfig:
         return preset(self.base, **{**self.run, "corpus": self.corpus, "split": self.split,
@@ -86,21 +88,25 @@ class StudyPreset:
     long_lag: int = 10  # a lag for long-range influence
 
 
-def study_metrics(lags: list[int], short_lag: int, long_lag: int) -> list[compare.Metric]:
-    """The tested metrics: the answer table's first (test perplexity, recall at each planted lag,
-    influence half-life, influence kept under training masks), then the rest of the evidence."""
-    metrics = answer_metrics(lags, short_lag)
-    metrics += [
+def study_metrics(lags: list[int], short_lag: int, long_lag: int) -> tuple[list[compare.Metric], list[compare.Metric]]:
+    """The tested metrics: (regularisation metrics, tested against none; memory metrics, tested against
+    each placement's memory reference), the answer table's first, then the rest of the evidence."""
+    columns = answer_columns(lags, short_lag)
+    fit = [c.metric for c in columns if c.regime == REGULARISATION] + [compare.Metric("valid_ppl")]
+    memory = [c.metric for c in columns if c.regime == MEMORY]
+    memory += [compare.Metric("source_influence", x=k, mode="eval") for k in lags[:-1]]
+    memory += [compare.Metric("recall_accuracy", x=k, mode="eval") for k in lags]
+    memory += [
+        compare.Metric("influence_kl_eval_half_life", mode="eval"),
         compare.Metric("influence_kl", x=short_lag, mode="train",
-                     label=f"training-mode influence at lag {short_lag}", unit="nats"),
+                       label=f"training-mode influence at lag {short_lag}", unit="nats"),
         compare.Metric("influence_kl", x=long_lag, mode="eval",
-                     label=f"evaluation-mode influence at lag {long_lag}", unit="nats"),
+                       label=f"evaluation-mode influence at lag {long_lag}", unit="nats"),
         compare.Metric("probe_bits", x=short_lag, mode="eval",
-                     label=f"probe information about the token {short_lag} back (top layer)", unit="bits"),
-        compare.Metric("valid_ppl"),
+                       label=f"probe information about the token {short_lag} back (top layer)", unit="bits"),
         compare.Metric("effective_context", mode="eval"),
     ]
-    return metrics
+    return fit, memory
 
 
 def _rated(rate: float) -> tuple[str, ...]:
@@ -128,9 +134,13 @@ def _doses(rates=(0.1, 0.3, 0.5)) -> tuple[str, ...]:
 # 16 tokens, and copies of a <mark>ed token planted 3, 8 and 20 tokens later. Its regime was chosen by
 # the validity checks (docs/regime.md), never by how the placements compare.
 _SYNTHETIC_SMOKE = "synthetic:vocab=8,train=6000,valid=3000,test=2000,lags=2+5+10,cue=0.3,mark=1"
+# Two regimes of one language (docs/regime.md): scarce data, where none overfits (regularisation), and
+# enough data, where the memory reference learns every planted lag close to the optimum (memory).
 _SYNTHETIC_DEFAULT = "synthetic:vocab=16,train=30000,valid=10000,test=10000,lags=3+8+20,cue=0.2,mark=1"
+_SYNTHETIC_MEMORY = "synthetic:vocab=16,train=90000,valid=10000,test=10000,lags=3+8+20,cue=0.2,mark=1"
 _DEFAULT_RUN = dict(num_layers=2, hidden_size=96, emb_size=96, batch_size=16, bptt=35, optimizer="adam", forget_bias=1.0,
                     lr=5e-3, lr_decay=2.0, decay_after=19, epochs=23, init_scale=0.1, clip=5.0)
+_MEMORY_RUN = dict(_DEFAULT_RUN, decay_after=10, epochs=14)
 _DEFAULT_MEASURE = MeasureConfig(
     max_lag=30, max_tokens=10_000, influence_windows=128, gradient_windows=64, probe_positions=3000,
     probe_steps=40, probe_cell=False, context_lengths=(1, 2, 5, 10, 20, 50, 100), context_targets=300,
@@ -144,7 +154,8 @@ _SMOKE = CorpusPlan(
                   probe_positions=600, probe_steps=30, probe_classes=20, context_lengths=(1, 2, 5, 10, 20),
                   context_targets=100, position_windows=32, stream_batch=8),
 )
-_DEFAULT = CorpusPlan(_SYNTHETIC_DEFAULT, _DEFAULT_RUN, _DEFAULT_MEASURE)
+_DEFAULT = (CorpusPlan(_SYNTHETIC_DEFAULT, _DEFAULT_RUN, None, regime=REGULARISATION),
+            CorpusPlan(_SYNTHETIC_MEMORY, _MEMORY_RUN, _DEFAULT_MEASURE, regime=MEMORY))
 _SHAKESPEARE = CorpusPlan(
     "tinyshakespeare",
     dict(_DEFAULT_RUN, epochs=6, decay_after=4, train_tokens=200_000),
@@ -165,14 +176,14 @@ PRESETS: dict[str, StudyPreset] = {
         StudyPreset(
             "default",
             "all eight placements at one drop rate (0.3), 6 seeds, on a synthetic language with copies planted "
-            "3, 8 and 20 tokens back",
-            (_DEFAULT,), seeds=6, placements=_rated(0.3), short_lag=2, long_lag=10,
+            "3, 8 and 20 tokens back, in two regimes: 30k training tokens (regularisation) and 90k (memory)",
+            _DEFAULT, seeds=6, placements=_rated(0.3), short_lag=2, long_lag=10,
         ),
         StudyPreset(
             "dose",
             "dose-response: zaremba, naive and variational at drop rates 0.1, 0.3 and 0.5 against none, 6 seeds, "
-            "on the default's synthetic language (shares the default's runs at 0.3)",
-            (_DEFAULT,), seeds=6, placements=_doses(), short_lag=2, long_lag=10,
+            "on the default's synthetic language and regimes (shares the default's runs at 0.3)",
+            _DEFAULT, seeds=6, placements=_doses(), short_lag=2, long_lag=10,
         ),
         StudyPreset(
             "shakespeare",
@@ -211,38 +222,79 @@ def plan_cells(plan: CorpusPlan, placements, seeds, device: str) -> list[Cell]:
     return [Cell(plan.run_config(p, s, device), plan.measure) for p in placements for s in seeds]
 
 
-def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], path: Path, args, corpus,
-               reference: str) -> Path:
-    df = tidy_table(results)  # placements are labelled by the canonical specs their RunConfigs hold
+@dataclass(frozen=True)
+class Regime:
+    """One corpus plan of a report, its corpus and its finished (or failed) runs."""
+
+    plan: CorpusPlan
+    corpus: object  # probe.data.corpus.Corpus
+    results: list[CellResult]
+
+
+def regime_table(regimes: list[Regime]) -> pd.DataFrame:
+    """The tidy table of every regime, labelled by a ``regime`` column."""
+    frames = []
+    for r in regimes:
+        df = tidy_table(r.results)  # placements are labelled by the canonical specs their RunConfigs hold
+        df["regime"] = r.plan.regime
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _training_text(run: RunConfig) -> str:
+    return (f"{run.num_layers} x {run.hidden_size} LSTM, {run.optimizer} at learning rate {run.lr:g} held "
+            f"for {run.decay_after} epochs and then divided by {run.lr_decay:g} every epoch, {run.epochs} epochs, batch "
+            f"{run.batch_size}, BPTT {run.bptt}, gradient norm clipped at {run.clip:g}")
+
+
+def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none") -> Path:
+    df = regime_table(regimes)
+    results = [r for g in regimes for r in g.results]
+    two = has_regimes(df)
+    memory = next((g for g in regimes if g.plan.regime == MEMORY), regimes[-1])
+    corpus, plan = memory.corpus, memory.plan
     placements = list(dict.fromkeys(r.cell.run.placement for r in results))
     status = pd.Series([r.status for r in results]).value_counts().to_dict()
     failed = [f"{r.cell.run.placement} seed {r.cell.run.seed}: {r.status}" for r in results if r.status != "finished"]
-    example = results[0].cell
+    example = memory.results[0].cell
     optimum = math.exp(corpus.entropy_rate) if corpus.entropy_rate is not None else None
     config = {
         "study preset": f"{study.name}: {study.description}",
-        "corpus": plan.corpus,
-        "split": corpus.split_note,
+        **({f"{g.plan.regime} regime corpus": f"{g.plan.corpus} ({g.corpus.split_note})" for g in regimes} if two
+           else {"corpus": plan.corpus, "split": corpus.split_note}),
         "optimum perplexity": "unknown (a real corpus)" if optimum is None else f"{optimum:.4f}",
         "seeds": ", ".join(str(s) for s in sorted({r.cell.run.seed for r in results})),
         "placements": ", ".join(placements),
-        "reference placement": reference,
+        "references": "test perplexity against none; memory against each placement's memory reference (zaremba "
+                      "at its non-recurrent rate; zaremba itself against none)",
         "runs": ", ".join(f"{v} {k}" for k, v in status.items()),
-        "training (RunConfig, placement and seed vary)": {
-            k: v for k, v in dataclasses.asdict(example.run).items() if k not in ("placement", "seed")
-        },
-        "measurements (MeasureConfig)": dataclasses.asdict(example.measure),
+        **{(f"training, {g.plan.regime} regime" if two else "training") + " (RunConfig, placement and seed vary)": {
+            k: v for k, v in dataclasses.asdict(g.results[0].cell.run).items() if k not in ("placement", "seed")}
+           for g in regimes},
+        "measurements (MeasureConfig)": dataclasses.asdict(example.measure) if example.measure else "none",
         "run folders": str(args.runs_dir),
     }
     run = example.run
     methods = [
-        f"Corpus: {plan.corpus} ({corpus.split_note}).",
-        f"Training: {run.num_layers} x {run.hidden_size} LSTM, {run.optimizer} at learning rate {run.lr:g} held "
-        f"for {run.decay_after} epochs and then divided by {run.lr_decay:g} every epoch, {run.epochs} epochs, batch "
-        f"{run.batch_size}, BPTT {run.bptt}, gradient norm clipped at {run.clip:g}, hidden state carried across "
-        f"BPTT windows; evaluation carries state with no dropout. Every run is evaluated and measured at its "
-        f"best-validation epoch ({run.select} model selection, as pytorch/examples and AWD-LSTM do); the last "
-        f"epoch's perplexities are kept in the data (final_valid_ppl, final_test_ppl).",
+        "Two regimes of one language, the same placements and seeds in both: the regularisation regime "
+        f"({regimes[0].plan.corpus}; training: {_training_text(regimes[0].results[0].cell.run)}) has scarce "
+        "data, so the model without dropout overfits and test perplexity shows what a placement regularises "
+        f"(tested against none); the memory regime ({plan.corpus}; training: {_training_text(run)}) has enough "
+        "data for the memory reference to learn every planted copy, so memory measures show what a recurrent "
+        "mask costs (tested against zaremba at the placement's non-recurrent rate). The answer table takes "
+        "regularisation from the first and memory from the second; the data's regime column says which is which."
+        if two else f"Corpus: {plan.corpus} ({corpus.split_note}). Training: {_training_text(run)}.",
+        "Hidden state is carried across BPTT windows; evaluation carries state with no dropout. Every run is "
+        f"evaluated and measured at its best-validation epoch ({run.select} model selection, as pytorch/examples "
+        "and AWD-LSTM do); the last epoch's perplexities are kept in the data (final_valid_ppl, final_test_ppl).",
+        "Memory references: a placement that adds a recurrent mechanism to non-recurrent dropout is compared "
+        "with zaremba at the same non-recurrent rate, so the contrast isolates the recurrent mechanism; where "
+        "its non-recurrent masks are tied per sequence (variational, weight_drop) the tests table says that the "
+        "contrast is not exact. zaremba is compared with none.",
+        "Copy log-probability above chance: at each planted copy's position, the model's log-probability of the "
+        "copy minus the log-frequency of that token among the copies at that lag (nats; 0 knows only which "
+        "tokens get copied). Source influence: the KL divergence of the prediction at the copy when its marked "
+        "source is replaced by another content token (nats).",
         "Counterfactual influence replaces the token k steps back by a unigram draw and measures the KL divergence "
         "of the next-token distribution (computed in float64); in training mode both copies share the placement's "
         "training masks. KL is quadratic in small perturbations, so it decays at twice the rate of the hidden-state "
@@ -257,8 +309,9 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
     runtime = sum(r.result.seconds for r in results if r.result is not None)
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
     lags = planted_lags(df)
-    metrics = study_metrics(lags, study.short_lag, study.long_lag)
-    tests = compare.test_against_reference(df, reference, _present(df, metrics))
+    fit_metrics, memory_metrics = study_metrics(lags, study.short_lag, study.long_lag)
+    tests = two_reference_tests(df, _present(regime_rows(df, REGULARISATION), fit_metrics),
+                                _present(regime_rows(df, MEMORY), memory_metrics), fit_reference=reference)
     checks = validity_checks(df, optimum_ppl=optimum)
     answer_cols = answer_columns(lags, study.short_lag)
     styles = placement_styles(df["placement"].unique())
@@ -266,13 +319,13 @@ def report_one(plan: CorpusPlan, study: StudyPreset, results: list[CellResult], 
     dose_panels = [("test_ppl", None, None, "test perplexity (lower is better)")]
     dose_panels += [("recall_accuracy", k, "eval", f"recall at lag {k}") for k in lags]
     dose_panels += [("influence_kl_eval_half_life", None, "eval", "influence half-life (tokens)")]
-    dose = dose_figure(df, dose_panels, styles)
+    dose = dose_figure(regime_rows(df, MEMORY), dose_panels, styles)
     if dose is not None:
         lead.append(dose)
     return render_report(
         path, title=f"Memory decay under dropout placements: {plan.corpus}", question=QUESTION, config=config,
         placements=placements, tidy=df, tests=tests, summary=report_text.summarize(tests), environment=env,
-        figures=standard_figures(df, optimum), methods=methods,
+        figures=standard_figures(regime_rows(df, MEMORY), optimum), methods=methods,
         headline=headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag),
         checks=checks, answer=answer_table(df, tests, answer_cols, reference), lead_figures=lead,
     )
@@ -322,8 +375,10 @@ def run_study(args) -> StudyOutcome:
     reference = resolve_reference(args.reference, placements)
     seeds = list(range(args.seeds if args.seeds is not None else study.seeds))
     plans = list(study.corpora)
-    if args.corpus:
-        plans = [dataclasses.replace(plans[0], corpus=args.corpus, optional=False, split=args.split or plans[0].split)]
+    if args.corpus:  # one corpus, one regime: the settings of the preset's measured plan
+        base = next((p for p in plans if p.measure is not None), plans[0])
+        plans = [dataclasses.replace(base, corpus=args.corpus, optional=False, split=args.split or base.split,
+                                     regime="")]
     elif args.split:
         plans = [dataclasses.replace(p, split=args.split) for p in plans]
     preflight(args, folders=False)
@@ -338,22 +393,33 @@ def run_study(args) -> StudyOutcome:
     if not corpora:
         raise CorpusError("no corpus of this preset could be loaded")
     preflight_folders(args)
-    outcome = StudyOutcome([], 0, 0, [])
-    for plan, corpus in corpora:
-        cells = plan_cells(plan, placements, seeds, args.device)
-        print(f"{plan.corpus}: {len(cells)} runs ({len(placements)} placements x {len(seeds)} seeds) "
+    cells = [plan_cells(plan, placements, seeds, args.device) for plan, _ in corpora]
+    for (plan, _), planned in zip(corpora, cells):
+        regime = f" ({plan.regime} regime)" if plan.regime else ""
+        print(f"{plan.corpus}{regime}: {len(planned)} runs ({len(placements)} placements x {len(seeds)} seeds) "
               f"-> {args.runs_dir}", file=sys.stderr)
-        results = run_grid(cells, args.runs_dir, run_all, jobs=args.jobs, data_dir=args.data_dir,
-                           progress=not args.no_progress, executor=args.executor, address=args.address, threads=1)
-        outcome.runs += len(results)
-        outcome.failed += report_failures(results)
-        path = Path(args.out) / report_name(study.name, plan.corpus, first=plan is plans[0] and not args.corpus)
-        if not any(r.status == "finished" for r in results):
-            print(f"no run on {plan.corpus} finished, so {path} was not written"
+    # One grid over every plan, so that no worker waits between regimes.
+    every = [c for planned in cells for c in planned]
+    results = run_grid(every, args.runs_dir, run_all, jobs=args.jobs, data_dir=args.data_dir,
+                       progress=not args.no_progress, executor=args.executor, address=args.address, threads=1)
+    outcome = StudyOutcome([], len(results), report_failures(results), [])
+    by_cell = iter(results)
+    regimes = [Regime(plan, corpus, [next(by_cell) for _ in planned]) for (plan, corpus), planned in zip(corpora, cells)]
+    # Regimes of one study share a report; corpora of a study without regimes get one report each.
+    reports = [regimes] if any(g.plan.regime for g in regimes) else [[g] for g in regimes]
+    for i, group in enumerate(reports):
+        first = group[0].plan
+        path = Path(args.out) / report_name(study.name, first.corpus, first=i == 0 and not args.corpus)
+        if not any(r.status == "finished" for g in group for r in g.results):
+            print(f"no run on {first.corpus} finished, so {path} was not written"
                   + (" (the existing report is kept)" if path.exists() else ""), file=sys.stderr)
             outcome.not_written.append(path)
             continue
-        outcome.reports.append(report_one(plan, study, results, path, args, corpus, reference))
+        if any(not any(r.status == "finished" for r in g.results) for g in group):
+            print(f"no run of a regime finished, so {path} was not written", file=sys.stderr)
+            outcome.not_written.append(path)
+            continue
+        outcome.reports.append(report_one(group, study, path, args, reference))
         print(f"report: {path}", file=sys.stderr)
     return outcome
 
@@ -368,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placements", nargs="+", metavar="SPEC",
                    help=f"placement specs to compare (default: all of {', '.join(PLACEMENT_NAMES)})")
     p.add_argument("--reference", default="none",
-                   help="placement every other is tested against (default none: the model without dropout)")
+                   help="placement every other is tested against on test perplexity (default none: the model "
+                        "without dropout); memory is always tested against each placement's memory reference, "
+                        "zaremba at its non-recurrent rate")
     p.add_argument("--seeds", type=int, help="seeds per placement (default: the preset's)")
     p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings: a registry name, "
                    "a synthetic spec, or your own text (PATH.txt, a folder with train/valid/test.txt, or "

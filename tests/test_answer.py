@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from probe.analysis import compare
-from probe.report.answer import answer_columns, answer_table, headline
+from probe.analysis.regimes import MEMORY, REGULARISATION, two_reference_tests
+from probe.report.answer import AnswerColumn, answer_columns, answer_table, headline
 from probe.report.validity import Check
 
 LAGS = [3, 8, 20]
@@ -14,7 +15,8 @@ SEEDS = range(6)
 
 
 def tidy() -> pd.DataFrame:
-    """none regularises worst; zaremba lowers perplexity and keeps recall; naive loses recall at 8 and 20."""
+    """none regularises worst; zaremba lowers perplexity and keeps the copies; naive loses them at 8 and 20
+    (recall and the copy's log-probability alike)."""
     truth = {
         "none": dict(ppl=4.0, recall={3: 0.9, 8: 0.6, 20: 0.4}),
         "zaremba:p=0.3": dict(ppl=3.7, recall={3: 0.9, 8: 0.6, 20: 0.4}),
@@ -27,15 +29,18 @@ def tidy() -> pd.DataFrame:
             rows.append(dict(placement=placement, seed=s, measure="test_ppl", x_name="", x=np.nan,
                              value=t["ppl"] + jitter, layer=-1, mode=""))
             for lag, acc in t["recall"].items():
-                rows.append(dict(placement=placement, seed=s, measure="recall_accuracy", x_name="lag", x=float(lag),
-                                 value=acc + jitter, layer=-1, mode="eval"))
+                for measure, value in (("recall_accuracy", acc), ("copy_logprob", acc)):
+                    rows.append(dict(placement=placement, seed=s, measure=measure, x_name="lag", x=float(lag),
+                                     value=value + jitter, layer=-1, mode="eval"))
     return pd.DataFrame(rows)
 
 
 def comparisons(df: pd.DataFrame) -> pd.DataFrame:
-    metrics = [c.metric for c in answer_columns(LAGS, None)]
-    present = [m for m in metrics if (df["measure"] == m.measure).any()]
-    return compare.test_against_reference(df, "none", present)
+    """Test perplexity against none; memory against each placement's memory reference (naive against zaremba)."""
+    columns = [c for c in answer_columns(LAGS, None) if (df["measure"] == c.metric.measure).any()]
+    fit = [c.metric for c in columns if c.regime == REGULARISATION]
+    memory = [c.metric for c in columns if c.regime == MEMORY]
+    return two_reference_tests(df, fit, memory)
 
 
 PASSING = [Check("overfits", "t", True, "", "f1"), Check("memory_learned", "t", True, "", "f2")]
@@ -48,7 +53,7 @@ def test_headline_says_what_regularises_and_what_loses_memory_at_which_lags():
     assert sentences[0].startswith("This study can answer its question")
     assert "significantly lower with zaremba:p=0.3" in text
     assert "significantly higher with naive:p=0.3,rec=0.3" in text
-    assert "lag 8, 20 with naive:p=0.3,rec=0.3" in text
+    assert "lag 8, 20 with naive:p=0.3,rec=0.3 (vs zaremba:p=0.3)" in text  # its memory reference
     assert "at any planted lag (3, 8, 20) with zaremba:p=0.3" in text
 
 
@@ -59,9 +64,9 @@ def test_a_failed_check_is_stated_first_and_blocks_the_memory_claims():
     sentences = headline(comparisons(tidy()), failed, reference="none", lags=LAGS)
     assert sentences[0].startswith("This study cannot fully answer its question: short clause")
     text = " ".join(sentences)
-    # Claims only where memory was learned without dropout; the unlearned lag is named, with no claim.
+    # Claims only where the memory reference learned the copies; the unlearned lag is named, with no claim.
     assert "lag 8 with naive:p=0.3,rec=0.3" in text and "lag 8, 20 with naive" not in text
-    assert "at lag 20 the model without dropout did not learn its copies" in text
+    assert "at lag 20 the memory reference did not learn its copies" in text
 
 
 def test_headline_admits_when_n_is_too_small():
@@ -75,12 +80,14 @@ def test_headline_admits_when_n_is_too_small():
 def test_answer_table_marks_significant_differences_against_the_reference():
     df = tidy()
     table = answer_table(df, comparisons(df), answer_columns(LAGS, None), "none")
-    assert table["headers"] == ["test perplexity", "recall, lag 3", "recall, lag 8", "recall, lag 20"]
+    assert table["headers"] == ["test perplexity"] + [f"copy log-prob above chance, lag {k}" for k in LAGS]
+    assert table["against"] == ["none"] + ["zaremba at its rate"] * 3
     rows = {r["placement"]: r for r in table["rows"]}
     assert rows["none"]["reference"] and all(c["mark"] == "" for c in rows["none"]["cells"])
     assert rows["zaremba:p=0.3"]["cells"][0]["mark"] == "▲"  # lower perplexity is better
+    assert [c["mark"] for c in rows["zaremba:p=0.3"]["cells"][1:]] == ["", "", ""]  # the same copies as none
     naive = [c["mark"] for c in rows["naive:p=0.3,rec=0.3"]["cells"]]
-    assert naive[0] == "▼" and naive[2:] == ["▼", "▼"]
+    assert naive[0] == "▼" and naive[2:] == ["▼", "▼"]  # perplexity vs none; copies vs zaremba
     assert abs(rows["zaremba:p=0.3"]["cells"][0]["mean"] - 3.7) < 1e-9
 
 
@@ -97,7 +104,7 @@ def test_infinite_values_take_their_direction_from_the_rank_test():
     metric = compare.Metric("influence_kl_eval_half_life", mode="eval")
     tests = compare.test_against_reference(df, "none", [metric])
     assert np.isnan(tests["diff"].iloc[0]) and tests["p_holm"].iloc[0] < 0.05
-    table = answer_table(df, tests, [c for c in answer_columns([], None) if c.metric.measure == metric.measure], "none")
+    table = answer_table(df, tests, [AnswerColumn(metric, "influence half-life")], "none")
     zaremba = next(r for r in table["rows"] if r["placement"] == "zaremba:p=0.3")
     assert zaremba["cells"][0]["mark"] == "▲"
 

@@ -232,3 +232,35 @@ def test_probe_controls_can_be_switched_off(model, corpus):
     df = probe_information(model, stream(corpus), unigram(corpus.train, 10), config, IDS)
     assert not df["measure"].str.contains("cell|untrained").any()
     assert set(df[df["measure"] == "probe_bits"]["layer"]) == {0, 1}
+
+
+def test_copy_log_probability_lies_between_chance_and_its_best(table):
+    gain = lag_values(table, "copy_logprob")
+    best = lag_values(table, "copy_logprob_best", mode="")
+    assert gain.shape == best.shape == (2,)
+    assert (gain <= best + 1e-9).all()
+    assert gain[0] > 0.3 * best[0]  # the lag-2 copies are recalled well above the frequency baseline
+
+
+def test_the_marked_source_influences_its_copy_and_a_memoryless_model_ignores_it(table, model, corpus):
+    from probe.measure import cue_ids
+    from probe.measure.synthetic_recall import recall_accuracy
+
+    assert lag_values(table, "source_influence")[0] > 0.1  # nats: replacing the source moves the copy's prediction
+    blind = with_placement(model, "none")
+    with torch.no_grad():
+        for layer in blind.layers:  # gates from the bias alone: every prediction is the same distribution
+            layer.w_ih.zero_()
+            layer.w_hh.zero_()
+    lags = corpus.annotations[f"{MEASURE.split}_lag"][: MEASURE.max_tokens]
+    df = recall_accuracy(blind, stream(corpus), lags, MEASURE, cue_ids=cue_ids(corpus))
+    assert lag_values(df, "source_influence") == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+def test_the_source_of_a_copy_is_lag_non_cue_tokens_back():
+    from probe.measure.synthetic_recall import source_positions
+
+    # w0 <mark> w3 w1 w2 <lag3> w3: the copy at 6 (lag 3) comes from 2; cues are ids 8 and 9.
+    stream = torch.tensor([0, 8, 3, 1, 2, 9, 3])
+    lags = torch.tensor([0, 0, 0, 0, 0, 0, 3])
+    assert source_positions(stream, torch.tensor([6]), lags, torch.tensor([8, 9])).tolist() == [2]

@@ -93,7 +93,7 @@ def test_report_answers_first_with_headline_checks_and_answer_table(smoke):
     # A failed check is said in the headline's first sentence.
     if any(c["verdict"] == "fail" for c in report["checks"]):
         assert headline[0].startswith("This study cannot fully answer its question")
-    assert "Placements at a glance" in answer and "recall, lag 10" in answer
+    assert "Placements at a glance" in answer and "copy log-prob above chance, lag 10" in answer
     assert report["headline"] == [unescape(h) for h in headline]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,7 +96,7 @@ TEST_COLUMNS = [
 
 def test_against_reference(
     tidy: pd.DataFrame,
-    reference: str = "none",
+    reference: str | Mapping[str, str] = "none",
     metric: str | Metric | Sequence[str | Metric] = "test_ppl",
     *,
     alpha: float = 0.05,
@@ -105,6 +105,10 @@ def test_against_reference(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Each placement against ``reference`` on each metric: one tidy row per placement x metric.
+
+    ``reference``: one placement every other is tested against, or a mapping from each placement to
+    test to its own reference (the memory contrasts: ``probe.placements.memory_reference``); placements
+    the mapping leaves out are not tested.
 
     Holm's correction is applied to the permutation p-values (exact, so valid
     at any n) across the placements of one metric (``holm_within="metric"``)
@@ -122,13 +126,9 @@ def test_against_reference(
     for m in metrics:
         values = metric_values(tidy, m)
         by_placement = {p: g["value"].to_numpy() for p, g in values.groupby("placement", sort=False)}
-        ref_label = reference_label(by_placement, reference)
-        if ref_label is None:
-            continue
-        ref = by_placement[ref_label]
-        for placement in registry_order(by_placement):
-            if placement == ref_label:
-                continue
+        pairs = _pairs(by_placement, reference)
+        for placement, ref_label in pairs:
+            ref = by_placement[ref_label]
             c = compare(by_placement[placement], ref, higher_is_better=m.better_is_higher,
                         confidence=confidence, alpha=alpha, seed=seed)
             rows.append({
@@ -157,6 +157,21 @@ def test_against_reference(
 
 
 test_against_reference.__test__ = False  # a library function, not a pytest test, despite its name
+
+
+def _pairs(labels, reference: str | Mapping[str, str]) -> list[tuple[str, str]]:
+    """(placement, its reference's label) for every placement to test, in registry order."""
+    if isinstance(reference, str):
+        ref_label = reference_label(labels, reference)
+        if ref_label is None:
+            return []
+        return [(p, ref_label) for p in registry_order(labels) if p != ref_label]
+    out = []
+    for p in registry_order(labels):
+        ref_label = reference_label(labels, reference[p]) if p in reference else None
+        if ref_label is not None and ref_label != p:
+            out.append((p, ref_label))
+    return out
 
 
 def reference_label(labels, reference: str) -> str | None:

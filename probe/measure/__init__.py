@@ -14,6 +14,7 @@ format and timings: docs/measurements.md.
 from __future__ import annotations
 
 import pandas as pd
+import torch
 
 from probe.data.corpus import Corpus
 from probe.model.language_model import LanguageModel
@@ -68,7 +69,7 @@ def run_all(
         "context": lambda: context_length_curve(model, stream, config, ids),
         "position": lambda: position_curve(model, stream, config, ids),
         "recall": lambda: recall_accuracy(
-            model, stream, heldout_lags(corpus, config), config, ids
+            model, stream, heldout_lags(corpus, config), config, ids, cue_ids=cue_ids(corpus)
         ),
     }
     return tidy.concat(steps[m]() for m in measures_for(corpus, config))
@@ -78,3 +79,9 @@ def heldout_lags(corpus: Corpus, config: MeasureConfig):
     """The lag annotations aligned with ``heldout(corpus, config.split, config.max_tokens)``."""
     lags = corpus.annotations[f"{config.split}_lag"]
     return lags if config.max_tokens is None else lags[: config.max_tokens]
+
+
+def cue_ids(corpus: Corpus) -> torch.Tensor:
+    """The ids of the synthetic corpus's ``<mark>`` and ``<lagk>`` cues (probe.data.synthetic)."""
+    return torch.tensor([i for i, t in enumerate(corpus.vocab.itos) if t == "<mark>" or t.startswith("<lag")],
+                        dtype=torch.long)

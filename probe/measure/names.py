@@ -100,6 +100,9 @@ MEASURES: dict[str, MeasureName] = {m.name: m for m in (
     _m("recall_accuracy_chance", "chance", "", **_LAG),
     _m("recall_accuracy_best", "best possible recall", "", **_LAG),
     _m("recall_count", "planted copies scored", "", **_LAG),
+    _m("copy_logprob", "log-probability of the planted copy above chance", "nats", HIGHER, **_LAG),
+    _m("copy_logprob_best", "best possible copy log-probability above chance", "nats", **_LAG),
+    _m("source_influence", "influence of the marked source on its copy (KL)", "nats", HIGHER, **_LAG),
 )}
 
 MODES = {"eval": "eval-mode", "train": "training-mode"}

@@ -112,6 +112,33 @@ def stream_predictions(
 
 
 @torch.no_grad()
+def stream_log_probs(
+    model: LanguageModel, stream: torch.Tensor, layout: Layout, positions: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """(len(positions), V) float64: log p(. | the tokens before u in its column) for each position u, with
+    carried state and evaluation masks; each position needs at least one token before it in its column."""
+    data = batchify(stream[: layout.rows * layout.batch], layout.batch)
+    positions = positions.cpu()
+    rows_of, cols_of = positions % layout.rows, positions // layout.rows
+    if positions.numel() and int(rows_of.min()) < 1:
+        raise ValueError("stream_log_probs needs positions with at least one token of history in their column")
+    out = torch.zeros(positions.numel(), model.config.vocab_size, dtype=torch.float64)
+    if positions.numel() == 0:
+        return out
+    last = int(rows_of.max())  # the input row whose output predicts the last position
+    steps = max(1, chunk_tokens // layout.batch)
+    state = model.init_state(layout.batch)
+    for start in range(0, last, steps):
+        stop = min(start + steps, last)
+        logits, state = model(data[start:stop], state, masks=eval_masks(model, stop - start, layout.batch))
+        inside = (rows_of - 1 >= start) & (rows_of - 1 < stop)
+        if inside.any():
+            logp = F.log_softmax(logits.double(), dim=-1)
+            out[inside] = logp[rows_of[inside] - 1 - start, cols_of[inside]].cpu()
+    return out
+
+
+@torch.no_grad()
 def stream_states(
     model: LanguageModel, stream: torch.Tensor, layout: Layout, positions: torch.Tensor, chunk_tokens: int = 1 << 14
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,10 +7,13 @@ how much influence survives each placement's own training masks, and what is
 not distinguishable at this n. Every number in it comes from the tests
 table; nothing is claimed that a failed check rules out.
 
-``answer_table`` is one row per placement: test perplexity, recall at each
-planted lag, the influence half-life and the share of influence kept under
-training masks, each as mean [interval] with a mark where it differs
-significantly from the reference.
+``answer_table`` is one row per placement: test perplexity (against
+``none``, in the regularisation regime), the log-probability of the planted
+copy above chance at each planted lag, the marked source's influence on its
+copy at the longest lag and the share of influence kept under training masks
+(each against the placement's memory reference, in the memory regime), each
+as mean [interval] with a mark where it differs significantly from the
+reference its column names.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from probe.analysis import compare, inference
+from probe.analysis.regimes import MEMORY, REGULARISATION, regime_label, regime_rows
 from probe.report.text import fmt, fmt_p, is_better, unreachable
 from probe.report.validity import Check
 
@@ -31,6 +35,8 @@ class AnswerColumn:
 
     metric: compare.Metric
     header: str
+    regime: str = REGULARISATION  # whose rows it reads (in a study of two regimes)
+    against: str = "none"  # the reference its marks are against, as the header says it
 
 
 def _rows(tests: pd.DataFrame, measure: str, x: float | None = None, mode: str | None = None) -> pd.DataFrame:
@@ -85,27 +91,32 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
             text += f"; it is significantly higher with {_names(worse)}"
         sentences.append(text + ".")
     if lags:
-        memory = next((c for c in checks if c.key == "memory_learned"), None)
-        learned = [k for k in lags if memory is None or k in memory.values.get("learned_lags", lags)]
+        memory = [c for c in checks if c.key == "memory_learned"]
+        learned = [k for k in lags if all(k in c.values.get("learned_lags", lags) for c in memory)]
         unlearned = [k for k in lags if k not in learned]
+        measure = "copy_logprob" if len(_rows(tests, "copy_logprob")) else "recall_accuracy"
+        what = "the planted copy's log-probability" if measure == "copy_logprob" else "recall of planted copies"
         lost_at: dict[str, list[int]] = {}
+        refs: dict[str, str] = {}
         for lag in learned:
-            for _, r in _significant(_rows(tests, "recall_accuracy", lag), alpha, False).iterrows():
+            for _, r in _significant(_rows(tests, measure, lag), alpha, False).iterrows():
                 lost_at.setdefault(str(r["placement"]), []).append(lag)
-        placements = [str(p) for p in compare.registry_order(_rows(tests, "recall_accuracy")["placement"].unique())]
+        for _, r in _rows(tests, measure).iterrows():
+            refs[str(r["placement"])] = str(r["reference"])
+        placements = [str(p) for p in compare.registry_order(refs)]
         kept = [p for p in placements if p not in lost_at]
         parts = []
         if placements and learned:
             listed = ", ".join(map(str, learned))
             where = f"at any planted lag ({listed})" if not unlearned else f"at lag {listed}"
             if kept:
-                parts.append(f"recall of planted copies is not significantly below {reference}'s {where} with "
-                             f"{', '.join(kept)}")
+                parts.append(f"against each placement's memory reference (zaremba at its rate; zaremba against "
+                             f"none), {what} is not significantly lower {where} with {', '.join(kept)}")
             if lost_at:
-                parts.append("it is significantly below at " + "; ".join(
-                    f"lag {', '.join(map(str, v))} with {p}" for p, v in lost_at.items()))
+                parts.append("it is significantly lower at " + "; ".join(
+                    f"lag {', '.join(map(str, v))} with {p} (vs {refs[p]})" for p, v in lost_at.items()))
         if unlearned:
-            parts.append(f"at lag {', '.join(map(str, unlearned))} the model without dropout did not learn its "
+            parts.append(f"at lag {', '.join(map(str, unlearned))} the memory reference did not learn its "
                          f"copies, so no placement is said to lose memory there")
         if parts:
             text = "; ".join(parts)
@@ -117,27 +128,33 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
             worst = lost.iloc[0]
             sentences.append(
                 f"Under their own training masks, {_names(lost)} keep significantly less of their lag-{short_lag} "
-                f"influence than {reference} (lowest: {worst['placement']}, {fmt(100 * worst['mean'], 3)}% vs "
-                f"{fmt(100 * worst['mean_ref'], 3)}%).")
+                f"influence than their memory references (lowest: {worst['placement']}, {fmt(100 * worst['mean'], 3)}% "
+                f"vs {worst['reference']}'s {fmt(100 * worst['mean_ref'], 3)}%).")
     undecided = tests[~(tests["p_holm"] < alpha)]
     blocked = tests[unreachable(tests, alpha)] if len(tests) else tests
     if len(blocked):
         sentences.append(f"{len(blocked)} of {len(tests)} comparisons cannot reach significance at this number of "
                          f"seeds; they are estimates, not findings.")
     elif len(tests):
-        sentences.append(f"{len(undecided)} of {len(tests)} comparisons are not distinguishable from {reference} "
-                         f"at α = {alpha:g} after Holm correction (listed below).")
+        sentences.append(f"{len(undecided)} of {len(tests)} comparisons are not distinguishable from their "
+                         f"references at α = {alpha:g} after Holm correction (listed below).")
     return sentences[:6]
 
 
+MEMORY_REFERENCE = "zaremba at its rate"
+
+
 def answer_columns(lags: list[int], short_lag: int | None) -> list[AnswerColumn]:
-    columns = [AnswerColumn(compare.Metric("test_ppl"), "test perplexity")]
-    columns += [AnswerColumn(compare.Metric("recall_accuracy", x=k, mode="eval"), f"recall, lag {k}") for k in lags]
-    columns.append(AnswerColumn(compare.Metric("influence_kl_eval_half_life", mode="eval"),
-                                "influence half-life"))
+    """Regularisation against none, then memory cost against the memory reference."""
+    columns = [AnswerColumn(compare.Metric("test_ppl"), "test perplexity", REGULARISATION, "none")]
+    columns += [AnswerColumn(compare.Metric("copy_logprob", x=k, mode="eval"), f"copy log-prob above chance, lag {k}",
+                             MEMORY, MEMORY_REFERENCE) for k in lags]
+    if lags:
+        columns.append(AnswerColumn(compare.Metric("source_influence", x=max(lags), mode="eval"),
+                                    f"source influence on the copy, lag {max(lags)}", MEMORY, MEMORY_REFERENCE))
     if short_lag is not None:
         columns.append(AnswerColumn(compare.Metric("influence_kl_retained", x=short_lag, mode="train"),
-                                    f"influence kept under masks, lag {short_lag}"))
+                                    f"influence kept under masks, lag {short_lag}", MEMORY, MEMORY_REFERENCE))
     return columns
 
 
@@ -148,7 +165,7 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
     present, values = [], {}
     for col in columns:
         try:
-            values[col.header] = compare.metric_values(tidy, col.metric)
+            values[col.header] = compare.metric_values(regime_rows(tidy, col.regime), col.metric)
         except ValueError:
             continue
         if len(values[col.header]):
@@ -160,6 +177,8 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
             v = values[col.header]
             ci = inference.mean_ci(v.loc[v["placement"] == placement, "value"])
             t = tests[(tests["metric"] == col.metric.name) & (tests["placement"] == placement)]
+            if "regime" in t.columns:
+                t = t[t["regime"] == regime_label(tidy, col.regime)]
             mark, p = "", None
             if len(t):
                 r = t.iloc[0]
@@ -168,7 +187,9 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
                     mark = "▲" if is_better(r) else "▼"
             cells.append({"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "mark": mark, "p": p})
         rows.append({"placement": placement, "reference": placement == reference, "cells": cells})
-    return {"headers": [c.header for c in present], "rows": rows}
+    return {"headers": [c.header for c in present], "rows": rows,
+            "against": [c.against for c in present],
+            "regimes": [regime_label(tidy, c.regime) for c in present]}
 
 
 def answer_metrics(lags: list[int], short_lag: int | None) -> list[compare.Metric]:

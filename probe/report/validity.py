@@ -15,9 +15,10 @@ compare on memory) and open its report:
   lower test perplexity than ``none`` (Holm-corrected permutation test).
 - ``lag_span``: planted lags span short (at most ``SHORT_LAG``) to long (at
   least ``LONG_LAG``) dependencies.
-- ``memory_learned``: without dropout, planted copies are recalled at least
-  ``RECALL_MARGIN`` above chance at every planted lag, with the interval's
-  lower end above chance.
+- ``memory_learned``: the memory reference (``zaremba`` at the compared
+  placements' rate; ``none`` where no placement has one) recalls planted
+  copies at least ``RECALL_MARGIN`` above chance at every planted lag, with
+  the interval's lower end above chance.
 - ``fitted`` (corpora with a known optimum): the best placement's test
   perplexity is within ``FIT_TOLERANCE`` of the corpus's optimum.
 - ``converged`` (real corpora): the best placement's validation perplexity
@@ -25,6 +26,9 @@ compare on memory) and open its report:
   before the last epoch, so its budget did not cut it short.
 
 Thresholds are module constants, stated in the report beside each check.
+In a study of two regimes (``probe.analysis.regimes``) the regularisation
+checks (overfits, dropout helps) read the regularisation regime's rows and
+the memory checks (lag span, memory learned, fitted) the memory regime's.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from probe.analysis import compare, inference
+from probe.analysis.regimes import MEMORY, REGULARISATION, has_regimes, memory_reference_labels, regime_rows
 from probe.report.text import fmt, fmt_p
 
 OVERFIT_GAP = 1.05  # validation / training perplexity at the best epoch
@@ -142,7 +147,8 @@ def check_lag_span(tidy: pd.DataFrame) -> Check:
 
 
 def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Check:
-    title = "Without dropout, planted copies are recalled above chance at every planted lag"
+    who = "Without dropout" if reference == NO_DROPOUT else f"With the memory reference {reference}"
+    title = f"{who}, planted copies are recalled above chance at every planted lag"
     rows = _placement_rows(tidy, reference)
     recall = inference.per_seed(rows[rows["measure"] == "recall_accuracy"], by=("x",))
     chance = tidy[tidy["measure"] == "recall_accuracy_chance"].groupby("x")["value"].mean()
@@ -157,10 +163,10 @@ def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Che
         parts.append(f"lag {lag:g}: {fmt(ci.mean, 2)} [{fmt(ci.low, 2)}, {fmt(ci.high, 2)}] vs chance {fmt(base, 2)}")
         (learned if ok else failed).append(int(lag))
     at = ", ".join(map(str, failed))
-    failure = (f"Without dropout the model does not recall planted copies at lag {at} clearly above "
+    failure = (f"{who} the model does not recall planted copies at lag {at} clearly above "
                f"chance, so memory at those lags is not learned and no placement can be said to lose it there.")
     detail = f"{reference} recall (needs ≥ chance + {RECALL_MARGIN:g}, interval above chance): " + "; ".join(parts)
-    short = f"without dropout, planted copies at lag {at} are not recalled clearly above chance"
+    short = f"{who.lower()}, planted copies at lag {at} are not recalled clearly above chance"
     return Check("memory_learned", title, not failed, detail, failure, short,
                  {"learned_lags": learned, "failed_lags": failed})
 
@@ -225,12 +231,20 @@ SHORT = {
 
 def validity_checks(tidy: pd.DataFrame, *, optimum_ppl: float | None = None, alpha: float = 0.05) -> list[Check]:
     """The checks that apply to this study's corpus: synthetic ones (with planted lags and a known
-    optimum) get all but convergence; a real corpus gets overfitting, dropout helps and convergence."""
-    checks = [check_overfits(tidy), check_dropout_helps(tidy, alpha)]
-    if planted_lags(tidy):
-        checks += [check_lag_span(tidy), check_memory_learned(tidy)]
+    optimum) get all but convergence; a real corpus gets overfitting, dropout helps and convergence.
+    Each reads its regime's rows; the memory check is of every memory reference the study tests against."""
+    fit, memory = regime_rows(tidy, REGULARISATION), regime_rows(tidy, MEMORY)
+    checks = [check_overfits(fit), check_dropout_helps(fit, alpha)]
+    if planted_lags(memory):
+        checks.append(check_lag_span(memory))
+        checks += [check_memory_learned(memory, ref) for ref in memory_reference_labels(memory["placement"].unique())]
     if optimum_ppl is not None and math.isfinite(optimum_ppl):
-        checks.append(check_fitted(tidy, optimum_ppl))
+        checks.append(check_fitted(memory, optimum_ppl))
     else:
-        checks.append(check_converged(tidy))
-    return [c if c.short else replace(c, short=SHORT[c.key]) for c in checks]
+        checks.append(check_converged(memory))
+    checks = [c if c.short else replace(c, short=SHORT[c.key]) for c in checks]
+    if has_regimes(tidy):
+        where = {"overfits": REGULARISATION, "dropout_helps": REGULARISATION}
+        checks = [replace(c, title=f"{where.get(c.key, MEMORY).capitalize()} regime: {c.title[:1].lower()}{c.title[1:]}")
+                  for c in checks]
+    return checks
