@@ -101,7 +101,8 @@ REGISTRY: dict[str, PlacementDef] = {
         ),
         PlacementDef(
             "naive",
-            "Zaremba's dropout plus a fresh mask on h_{t-1} at every step: the placement the seeds warn about",
+            "Zaremba's dropout plus a fresh mask on h_{t-1} at every step: the placement Zaremba et al. (2014) "
+            "warn corrupts the information carried through time",
             "the 'everywhere' placement; see Zaremba et al. 2014, Sec. 3",
             _rules((Site.INPUT, "p", S), (Site.OUTPUT, "p", S), (Site.RECURRENT, "rec", S)),
             {"p": 0.5, "rec": 0.5},

@@ -9,6 +9,22 @@ from pathlib import Path
 from probe.preflight import PreflightError, check_device, check_device_name, check_folder
 from probe.runs.folder import LOG
 from probe.runs.cells import CellResult
+from probe.runs.grid import GridInterrupted
+from probe.signals import exit_code, handled_signals
+
+
+def run_interruptible(body, *args):
+    """``body(*args)``, or on SIGINT/SIGTERM one line and the exit code 128 + signal (workers stopped,
+    finished runs and lock files left as they are): ``(True, result)`` or ``(False, exit code)``."""
+    try:
+        with handled_signals():
+            return True, body(*args)
+    except GridInterrupted as e:
+        print(e.line, file=sys.stderr)
+        return False, exit_code(e)
+    except KeyboardInterrupt as e:  # before or after the grid: nothing is half-written
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return False, exit_code(e)
 
 
 def add_grid_options(p: argparse.ArgumentParser, *, study: str, jobs: int) -> None:
@@ -60,6 +76,18 @@ def report_failures(results: list[CellResult]) -> int:
     return len(failed)
 
 
-def failure_summary(failed: int, total: int) -> str:
+# Failures a rerun can fix (the machine's state, not the input): anything else fails the same way again.
+RETRYABLE = ("OSError", "MemoryError", "TimeoutError", "ConnectionError", "BrokenProcessPool", "Timeout")
+
+
+def retryable(results: list[CellResult]) -> bool:
+    """Whether every failed run failed in a way a rerun can fix."""
+    failed = [r for r in results if r.status == "failed"]
+    return all(str(r.error or "").split(":", 1)[0].strip() in RETRYABLE for r in failed)
+
+
+def failure_summary(failed: int, total: int, retry: bool = True) -> str:
+    advice = ("rerun the same command to retry them, finished runs are reused" if retry else
+              "the same input fails the same way again, so fix what the lines above name before rerunning")
     return (f"{failed} of {total} runs failed (one line each above; each run folder's {LOG} holds the "
-            "traceback); rerun the same command to retry them, finished runs are reused")
+            f"traceback); {advice}")

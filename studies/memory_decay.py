@@ -33,6 +33,7 @@ from probe.report import text as report_text
 from probe.analysis import compare
 from probe.analysis.regimes import MEMORY, REGULARISATION, has_regimes, regime_rows, two_reference_tests
 from probe.report.answer import answer_columns, answer_table, headline
+from probe.report.claims import claim_verdicts
 from probe.data.corpus import CorpusError
 from probe.data.registry import load_corpus
 from probe.runs.grid import run_grid
@@ -44,10 +45,12 @@ from probe.report.effect_figures import dose_figure, forest_figure
 from probe.report.plotting import placement_styles
 from probe.report.figures import standard_figures
 from probe.report.html import collect_environment, render_report
+from probe.model.language_model import LanguageModel
+from probe.runs.cli import check_corpus_fits
 from probe.runs.config import RunConfig, preset
 from probe.report.validity import planted_lags, validity_checks
 from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
-                        report_failures)
+                        report_failures, retryable, run_interruptible)
 
 QUESTION = (
     "Where can dropout go in an LSTM without destroying its memory? Each placement trains the same model "
@@ -328,6 +331,7 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
         figures=standard_figures(regime_rows(df, MEMORY), optimum), methods=methods,
         headline=headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag),
         checks=checks, answer=answer_table(df, tests, answer_cols, reference), lead_figures=lead,
+        claims=claim_verdicts(tests, checks, placements),
     )
 
 
@@ -367,11 +371,39 @@ class StudyOutcome:
     runs: int  # cells run, over every corpus
     failed: int  # of which failed
     not_written: list[Path]  # reports left as they were because no run of their corpus finished
+    retry: bool = True  # every failure is one a rerun can fix
+
+
+def canonical_placements(given) -> list[str]:
+    """The canonical spec of every given placement; one placement given twice is a one-line error."""
+    seen: dict[str, str] = {}
+    for raw in given:
+        spec = parse_placement(raw).spec
+        if spec in seen:
+            raise PlacementError(f"placements {seen[spec]!r} and {raw!r} are the same placement ({spec}); "
+                                 "give each once")
+        seen[spec] = raw
+    return list(seen)
+
+
+def check_plan_fits(plan: CorpusPlan, corpus, placements, device: str) -> None:
+    """Everything a plan's training and measurements need from its corpus, before anything trains: the
+    splits batch, and the measurements run (on an untrained model) without a deterministic error."""
+    config = plan.run_config(placements[0], 0, device)
+    check_corpus_fits(corpus, config)
+    if plan.measure is None:
+        return
+    model = LanguageModel(config.model_config(len(corpus.vocab)))
+    try:
+        run_all(model, corpus, plan.measure, {"placement": config.placement, "seed": 0, "run_id": "preflight"})
+    except ValueError as e:
+        raise CorpusError(f"corpus {plan.corpus} is too short for this preset's measurements: "
+                          f"{str(e).splitlines()[0]}") from None
 
 
 def run_study(args) -> StudyOutcome:
     study = PRESETS[args.preset]
-    placements = [parse_placement(p).spec for p in (args.placements or study.placements)]
+    placements = canonical_placements(args.placements or study.placements)
     reference = resolve_reference(args.reference, placements)
     seeds = list(range(args.seeds if args.seeds is not None else study.seeds))
     plans = list(study.corpora)
@@ -392,6 +424,8 @@ def run_study(args) -> StudyOutcome:
             print(f"skipping optional corpus {plan.corpus}: {str(e).splitlines()[0]}", file=sys.stderr)
     if not corpora:
         raise CorpusError("no corpus of this preset could be loaded")
+    for plan, corpus in corpora:
+        check_plan_fits(plan, corpus, placements, args.device)
     preflight_folders(args)
     cells = [plan_cells(plan, placements, seeds, args.device) for plan, _ in corpora]
     for (plan, _), planned in zip(corpora, cells):
@@ -402,7 +436,7 @@ def run_study(args) -> StudyOutcome:
     every = [c for planned in cells for c in planned]
     results = run_grid(every, args.runs_dir, run_all, jobs=args.jobs, data_dir=args.data_dir,
                        progress=not args.no_progress, executor=args.executor, address=args.address, threads=1)
-    outcome = StudyOutcome([], len(results), report_failures(results), [])
+    outcome = StudyOutcome([], len(results), report_failures(results), [], retryable(results))
     by_cell = iter(results)
     regimes = [Regime(plan, corpus, [next(by_cell) for _ in planned]) for (plan, corpus), planned in zip(corpora, cells)]
     # Regimes of one study share a report; corpora of a study without regimes get one report each.
@@ -453,13 +487,16 @@ def main(argv=None) -> int:
         return 2
     start = time.perf_counter()
     try:
-        outcome = run_study(args)
+        ok, outcome = run_interruptible(run_study, args)
     except (CorpusError, PlacementError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not ok:
+        return outcome
     seconds = time.perf_counter() - start
     if outcome.failed or outcome.not_written:
-        what = failure_summary(outcome.failed, outcome.runs) if outcome.failed else "no run finished (every one diverged)"
+        what = (failure_summary(outcome.failed, outcome.runs, outcome.retry) if outcome.failed
+                else "no run finished (every one diverged)")
         written = f"reports written: {', '.join(map(str, outcome.reports))}" if outcome.reports else "no report written"
         print(f"error: {what}; {written}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ from probe.report.html import collect_environment, render_report
 from probe.runs.config import PRESETS as TRAIN_PRESETS
 from probe.runs.config import preset
 from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
-                        report_failures)
+                        report_failures, run_interruptible)
 
 # Zaremba, Sutskever & Vinyals 2014, Table 1 (valid / test perplexity).
 PAPER = {"small": (120.7, 114.5), "medium": (86.2, 82.7), "large": (82.2, 78.4)}
@@ -203,10 +203,13 @@ def main(argv=None) -> int:
         return 2
     start = time.perf_counter()
     try:
-        path, failed, total = run_study(args)
+        ok, outcome = run_interruptible(run_study, args)
     except (CorpusError, PlacementError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not ok:
+        return outcome
+    path, failed, total = outcome
     if failed or path is None:
         what = failure_summary(failed, total) if failed else "no run finished (every one diverged)"
         print(f"error: {what}; " + (f"report written: {path}" if path else "no report written"), file=sys.stderr)

@@ -264,3 +264,21 @@ def test_the_source_of_a_copy_is_lag_non_cue_tokens_back():
     stream = torch.tensor([0, 8, 3, 1, 2, 9, 3])
     lags = torch.tensor([0, 0, 0, 0, 0, 0, 3])
     assert source_positions(stream, torch.tensor([6]), lags, torch.tensor([8, 9])).tolist() == [2]
+
+
+def test_probe_weight_decay_is_chosen_per_lag_so_the_bound_stays_near_or_above_the_baseline(table):
+    bits = lag_values(table, "probe_bits", layer=1)
+    baseline = lag_values(table, "probe_bits_baseline", mode="")
+    chosen = lag_values(table, "probe_weight_decay", layer=1)
+    assert set(chosen) <= set(MEASURE.probe_weight_decays)
+    assert (bits >= baseline - 0.05).all(), (bits, baseline)  # never far below what frequencies alone give
+
+
+def test_pure_noise_features_take_the_largest_weight_decay():
+    from probe.measure.probe_info import select_weight_decay
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 600, 16, generator=g)
+    y = torch.randint(0, 4, (3, 600), generator=g)  # classes independent of the features
+    chosen = select_weight_decay(x, y, 4, 30, (1e-3, 1e-1, 10.0, 1e3))
+    assert (chosen >= 10.0).all(), chosen

@@ -191,10 +191,21 @@ def bootstrap_ci(
 # --- tests ------------------------------------------------------------------
 
 
-def welch(a, b) -> tuple[TestResult, float]:
-    """Welch's t-test (unequal variances), two-sided, and its Satterthwaite degrees of freedom."""
+def degenerate(a, b) -> bool:
+    """Whether both samples are (nearly) constant, so that a t-statistic is a ratio of rounding errors
+    (scipy then warns of precision loss): every seed within 1e-9 of its group's scale."""
     a, b = present_values(a), present_values(b)
     if len(a) < 2 or len(b) < 2 or _has_inf(a, b):
+        return False
+    scale = max(float(np.abs(a).max()), float(np.abs(b).max()), 1e-300)
+    return max(float(np.ptp(a)), float(np.ptp(b))) <= 1e-9 * scale
+
+
+def welch(a, b) -> tuple[TestResult, float]:
+    """Welch's t-test (unequal variances), two-sided, and its Satterthwaite degrees of freedom
+    (NaN for a degenerate comparison: see ``degenerate``)."""
+    a, b = present_values(a), present_values(b)
+    if len(a) < 2 or len(b) < 2 or _has_inf(a, b) or degenerate(a, b):
         return TestResult(math.nan, math.nan), math.nan
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     if va + vb == 0:
@@ -351,6 +362,9 @@ def n_warnings(a: np.ndarray, b: np.ndarray, *, alpha: float, comparisons: int =
     notes = [small_n_warning(len(a), len(b), alpha=alpha, comparisons=comparisons)]
     if missing:
         notes.append(f"{missing} seed value{'s' if missing > 1 else ''} missing (NaN) and left out")
+    if degenerate(a, b):
+        notes.append("degenerate: every seed of both groups gives (nearly) the same value, so Welch's test, "
+                     "the interval and Hedges' g are undefined; the permutation test compares the values as they are")
     if _has_inf(a, b):
         k = int(np.isinf(a).sum() + np.isinf(b).sum())
         notes.append(f"{k} of {len(a) + len(b)} values are infinite (beyond the measured range): the permutation "

@@ -4,18 +4,20 @@ The formats and conversions in full: docs/corpora.md."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.data.corpus import EOS, SPLITS, UNK, Corpus, CorpusError, Vocab
+import numpy as np
+import torch
+
+from probe.data.corpus import SPLITS, UNK, Corpus, CorpusError, Vocab
+from probe.data.text_stream import TokenStream, sniff
 from probe.files import file_sha256
 
 LEVELS = ("word", "char")
 DEFAULT_FRACTION = 0.05  # of valid and of test, for a single file
-BINARY_SNIFF = 8192  # bytes searched for a NUL
 OPTIONS_HELP = "level=word|char, valid=FRACTION, test=FRACTION (valid and test: single files only)"
 SYNTAX = (
     "PATH.txt (cut 90/5/5 in order), a folder PATH with train.txt, valid.txt, test.txt, "
@@ -139,50 +141,11 @@ def fingerprint(name: str) -> str:
     """The sha256 of the text behind ``name``: one digest for a file, ``train.txt=...,valid.txt=...,test.txt=...``
     for a folder. ``RunConfig.run_id`` hashes it in."""
     files = _files(parse_text_spec(name))
+    for path in set(files.values()):
+        sniff(path)  # a binary file is refused from its first bytes, before it is hashed whole
     if len(set(files.values())) == 1:
         return file_sha256(files["train"])
     return ",".join(f"{f.name}={file_sha256(f)}" for f in files.values())
-
-
-def read_text_file(path: Path) -> tuple[str, str]:
-    """The text of a UTF-8 file and the sha256 of its bytes; a one-line CorpusError if it is not usable text."""
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CorpusError(f"cannot read text corpus file {path}: {err.strerror or err}") from None
-    if not raw:
-        raise CorpusError(f"text corpus file {path} is empty (0 bytes)")
-    nul = raw.find(b"\0", 0, BINARY_SNIFF)
-    if nul >= 0:
-        raise CorpusError(
-            f"text corpus file {path} looks binary (a NUL byte at byte offset {nul}); a corpus must be UTF-8 text"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CorpusError(
-            f"text corpus file {path} is not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} is "
-            "invalid; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    if not text:
-        raise CorpusError(f"text corpus file {path} is empty (only a byte-order mark)")
-    return text, hashlib.sha256(raw).hexdigest()
-
-
-def tokenize(text: str, level: str) -> list[str]:
-    """char: every character; word: whitespace tokens with ``<eos>`` at every line end
-    (a trailing newline ends the last line rather than starting an empty one)."""
-    if level == "char":
-        return list(text)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    tokens: list[str] = []
-    for line in lines:
-        tokens.extend(line.split())
-        tokens.append(EOS)
-    return tokens
 
 
 # --------------------------------------------------------------------------- loading
@@ -193,21 +156,25 @@ def _pct(fraction: float) -> str:
 
 
 def load_text_corpus(name: str) -> Corpus:
-    """The corpus of a text spec string (``load_corpus`` sends text specs here)."""
+    """The corpus of a text spec string (``load_corpus`` sends text specs here), read as a stream of ids
+    (``probe.data.text_stream``): a binary file is refused from its first bytes, and memory stays a small
+    multiple of the token count."""
     spec = parse_text_spec(name)
     files = _files(spec)
     single = len(set(files.values())) == 1
-    read = {path: read_text_file(path) for path in dict.fromkeys(files.values())}
+    stream = TokenStream(spec.level)
+    # The training text is read first, so its types are the first ids (``TokenStream``).
+    read = {path: stream.read(path) for path in dict.fromkeys(files.values())}
     sources = {str(path.resolve()): sha for path, (_, sha) in read.items()}
     if single:
         path = files["train"]
-        tokens = tokenize(read[path][0], spec.level)
-        n = len(tokens)
+        ids = read[path][0]
+        n = len(ids)
         a = round(n * spec.train)
         b = max(a, n - round(n * spec.test))
-        parts = {"train": tokens[:a], "valid": tokens[a:b], "test": tokens[b:]}
+        parts = {"train": ids[:a], "valid": ids[a:b], "test": ids[b:]}
         for split, part in parts.items():
-            if not part:
+            if not len(part):
                 fix = "smaller valid= and test=" if split == "train" else f"a larger {split}="
                 raise CorpusError(
                     f"text corpus file {path}: the {split} split ({_pct(getattr(spec, split))} of the file's {n} "
@@ -220,16 +187,19 @@ def load_text_corpus(name: str) -> Corpus:
             f"({b - a:,}), test = last {_pct(spec.test)} ({n - b:,})"
         )
     else:
-        parts = {s: tokenize(read[f][0], spec.level) for s, f in files.items()}
+        parts = {s: read[f][0] for s, f in files.items()}
         hashes = ", ".join(f"{f.name} sha256 {read[f][1]}" for f in files.values())
         sizes = ", ".join(f"{s} = {f.name} ({len(parts[s]):,} tokens)" for s, f in files.items())
         where = f"text folder {spec.path.resolve()} ({hashes}), {_LEVEL_WORDS[spec.level]}: {sizes}"
 
-    vocab = Vocab.build(parts["train"])
-    unknown = {s: sum(t not in vocab for t in parts[s]) for s in ("valid", "test")}
-    own_unk = UNK in vocab
+    m = int(parts["train"].max()) + 1  # the training vocabulary: ids 0..m-1, in order of first appearance
+    itos = stream.itos[:m]
+    unknown = {s: int((parts[s] >= m).sum()) for s in ("valid", "test")}
+    own_unk = UNK in itos
     if any(unknown.values()) and not own_unk:
-        vocab = Vocab([*vocab.itos, UNK])
+        itos = [*itos, UNK]
+    vocab = Vocab(itos)
+    unk_id = vocab.stoi[UNK] if UNK in vocab.stoi else None
     note = f"{where}; vocabulary of {len(vocab):,} types from the training text only, in order of first appearance; "
     counts = ", ".join(
         f"{unknown[s]:,} of {len(parts[s]):,} {s} tokens ({unknown[s] / len(parts[s]):.2%})" for s in unknown
@@ -240,11 +210,13 @@ def load_text_corpus(name: str) -> Corpus:
         note += f"tokens unseen in training become the training text's own {UNK}: {counts}"
     else:
         note += f"tokens unseen in training become {UNK} (added to the vocabulary for them): {counts}"
+    encoded = {s: torch.from_numpy(np.where(parts[s] >= m, unk_id if unk_id is not None else 0, parts[s]))
+               for s in SPLITS}
     return Corpus(
         name=name,
         level=spec.level,
         vocab=vocab,
-        **{s: vocab.encode(parts[s]) for s in SPLITS},
+        **encoded,
         split="canonical",
         split_note=note,
         files={s: str(f.resolve()) for s, f in files.items()},

@@ -39,7 +39,9 @@ class MeasureConfig:
     probe_classes: int = 50  # the most frequent N training tokens, plus one "other" class
     probe_positions: int = 4000  # positions used (first half trains, second half scores)
     probe_steps: int = 50  # L-BFGS iterations (full batch, all lags at once); see docs
-    probe_weight_decay: float = 1e-3  # L2 on the probe weights (features are standardised); see docs
+    # L2 on the probe weights (features are standardised): one value, or candidates from which each
+    # probe (layer, lag) takes the one best on held-out training positions (probe.measure.probe_info)
+    probe_weight_decay: float | tuple[float, ...] = (1e-3, 1e-1, 10.0, 1e3)
     probe_cell: bool = True  # also probe the cell state c_t
     probe_untrained: bool = True  # also probe an untrained network of the same shape and seed
 
@@ -67,8 +69,9 @@ class MeasureConfig:
             problems.append(
                 f"probe_positions must be >= 4, half to train and half to score (got {self.probe_positions})"
             )
-        if not self.probe_weight_decay >= 0:
-            problems.append(f"probe_weight_decay must be >= 0 (got {self.probe_weight_decay!r})")
+        decays = self.probe_weight_decays
+        if not decays or not all(d >= 0 for d in decays):
+            problems.append(f"probe_weight_decay must be >= 0, or a non-empty tuple of such (got {self.probe_weight_decay!r})")
         if not self.context_lengths or any(int(L) < 1 for L in self.context_lengths):
             problems.append(f"context_lengths must be positive integers (got {self.context_lengths!r})")
         if self.position_max is not None and self.position_max < 1:
@@ -86,6 +89,12 @@ class MeasureConfig:
             raise ValueError("invalid MeasureConfig: " + "; ".join(problems))
         # Canonical forms: sorted, de-duplicated lengths.
         object.__setattr__(self, "context_lengths", tuple(sorted({int(L) for L in self.context_lengths})))
+
+    @property
+    def probe_weight_decays(self) -> tuple[float, ...]:
+        """The candidate weight decays (one value: no selection)."""
+        d = self.probe_weight_decay
+        return tuple(float(v) for v in d) if isinstance(d, (tuple, list)) else (float(d),)
 
     @property
     def position_length(self) -> int:

@@ -116,11 +116,12 @@ def _retained(kl_train, kl_eval) -> list[dict]:
 
     The training-mode curve alone mixes two things: how much memory the
     trained weights have, and how much of it the masks erase. Dividing by the
-    same model's eval-mode curve keeps only the second (1 = no amnesia).
+    same model's eval-mode curve keeps only the second (1 = no amnesia). A lag where either influence is
+    below the floor is left out (NaN): there the ratio divides noise by noise and swings far past 1.
     """
     floor = max(1e-6, _RETAINED_FLOOR * float(kl_eval[0]))
     return [
-        tidy.row("influence_kl_retained", "lag", k, (t / e) if e > floor else float("nan"), mode="train")
+        tidy.row("influence_kl_retained", "lag", k, (t / e) if min(t, e) > floor else float("nan"), mode="train")
         for k, (t, e) in enumerate(zip(kl_train.tolist(), kl_eval.tolist()), start=1)
     ]
 

@@ -85,6 +85,7 @@ MEASURES: dict[str, MeasureName] = {m.name: m for m in (
     _m("probe_accuracy_untrained", "probe accuracy, untrained network", "", **_LAG),
     _m("probe_accuracy_cell_untrained", "probe accuracy from the untrained network's cell state", "", **_LAG),
     _m("probe_accuracy_baseline", "frequency-baseline accuracy", "", **_LAG),
+    _m("probe_weight_decay", "probe weight decay chosen on held-out positions", "", **_LAG),
     # --- gradient sensitivity (probe.measure.gradient) ---
     _m("gradient_norm", "gradient sensitivity ‖∂ log p / ∂e‖", "", HIGHER, **_DECAY),
     # --- perplexity over sequence length (probe.measure.context) ---

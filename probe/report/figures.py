@@ -58,7 +58,8 @@ class CurveSpec:
 
 _BANDS = "Bands: 95% t-intervals across seeds."
 _FLOOR = ("Log axis; the dotted grey line is the numerical noise floor (probe.measure.curves.NOISE_FLOORS): values "
-          "below it are rounding noise of the float32 network, not memory. ")
+          "below it are rounding noise of the float32 network, not memory. On this log axis lines are geometric means "
+          "across seeds and bands t-intervals of the log values (a seed below the floor counted at it). ")
 CURVES: tuple[CurveSpec, ...] = (
     CurveSpec(
         "influence", "Influence of a past token on the prediction",
@@ -72,8 +73,9 @@ CURVES: tuple[CurveSpec, ...] = (
     CurveSpec(
         "retained", "Influence that survives the training masks",
         "Training-mode influence divided by the same model's evaluation-mode influence, by lag k: the share of "
-        "its memory a model keeps while its dropout masks are on (1: none lost). Lags where the evaluation-mode "
-        "influence is below 1% of its lag-1 value are left out. " + _BANDS,
+        "its memory a model keeps while its dropout masks are on (1: none lost). Lags where either influence "
+        "is below 1% of the evaluation-mode lag-1 value are left out (a ratio of two numbers near the floor "
+        "says nothing). " + _BANDS,
         (Panel("influence_kl_retained"),),
         "lag k (tokens)", "retained share of influence", required=False,
     ),
@@ -188,6 +190,22 @@ def draw_curve(ax, est: pd.DataFrame, style: Style | None, label: str, *, linest
                         linewidth=0)
 
 
+def curve_estimate(rows: pd.DataFrame, log_y: bool, floor: float | None, by=("placement", "x")) -> pd.DataFrame:
+    """Mean and t-interval across seeds per point; on a log axis, of the log values (a geometric mean and a
+    band that never reaches zero), each seed's value taken at least at the noise floor."""
+    if not log_y:
+        return inference.estimate(rows, by=by)
+    # Per-seed values first (the unit of replication), then logs: the band is the t-interval of log values.
+    seeds = inference.per_seed(rows, by=by)
+    finite = np.isfinite(seeds["value"].astype(float))
+    low = floor if floor else np.finfo(float).tiny
+    logged = seeds.assign(value=np.where(finite, np.log(seeds["value"].astype(float).clip(lower=low)), seeds["value"]))
+    est = inference.estimate(logged, by=by)
+    for col in ("mean", "low", "high"):
+        est[col] = np.exp(est[col].astype(float))
+    return est
+
+
 def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] | None = None,
                  optimum_ppl: float | None = None) -> Figure:
     """One figure of a CurveSpec, or a Figure with a note when none of its measures is present.
@@ -202,7 +220,7 @@ def curve_figure(tidy: pd.DataFrame, spec: CurveSpec, styles: dict[str, Style] |
     nrows = -(-len(views) // ncols)
     fig, axes = new_figure(ncols, nrows, width=7.6 if len(views) == 1 else None, sharey=spec.sharey)
     handles: dict[str, object] = {}
-    estimates = [inference.estimate(rows, by=("placement", "x")) for _, _, rows in views]
+    estimates = [curve_estimate(rows, spec.log_y, NOISE_FLOORS.get(panel.measure)) for panel, _, rows in views]
     shared = pd.concat(estimates) if spec.sharey else None
     with matplotlib.rc_context(RC_PARAMS):
         for ax, (panel, title, rows), est in zip(axes.flat, views, estimates):

@@ -111,10 +111,24 @@ def placement_rows(placements: Iterable[str | Placement], colours: dict[str, str
     return rows
 
 
+def _by_regime(tidy: pd.DataFrame) -> pd.DataFrame:
+    """``tidy`` with each measure named with its regime in a study of several (``measure@regime``)."""
+    if "regime" not in tidy.columns or tidy["regime"].nunique() < 2:
+        return tidy
+    return tidy.assign(measure=tidy["measure"] + "@" + tidy["regime"].astype(str))
+
+
+def _measure_label(name: str) -> str:
+    measure, _, regime = name.partition("@")
+    return measure_names.label(measure) + (f" ({regime} regime)" if regime else "")
+
+
 def scalar_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float = 0.95) -> dict:
-    """Mean and t-interval across seeds, placements as rows: {"measures", "rows": [{placement, cells}]}."""
-    rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
-    est = inference.estimate(rows, by=("placement", "measure"), confidence=confidence)
+    """Mean and t-interval across seeds, placements as rows: {"measures", "rows": [{placement, cells}]};
+    in a study of two regimes, one column per measure and regime."""
+    tidy = _by_regime(tidy[tidy["measure"].isin(measures) & tidy["x"].isna()])
+    measures = [m for m in sorted(tidy["measure"].unique(), key=lambda n: (list(measures).index(n.partition("@")[0]), n))]
+    est = inference.estimate(tidy, by=("placement", "measure"), confidence=confidence)
     present = [m for m in measures if (est["measure"] == m).any()]
     out = []
     for placement in ordered_placements(est["placement"].unique()):
@@ -123,23 +137,24 @@ def scalar_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float 
             hit = est[(est["placement"] == placement) & (est["measure"] == m)]
             cells.append(hit.iloc[0].to_dict() if len(hit) else None)
         out.append({"placement": placement, "cells": cells})
-    return {"measures": [{"name": m, "label": measure_names.label(m), "unit": measure_names.unit(m)} for m in present],
-            "rows": out}
+    return {"measures": [{"name": m, "label": _measure_label(m), "unit": measure_names.unit(m.partition("@")[0])}
+                         for m in present], "rows": out}
 
 
 def scalar_rows_table(tidy: pd.DataFrame, measures: Sequence[str], confidence: float = 0.95) -> dict:
     """Every other scalar, one row per measure x layer (x mode where a measure has several), placements as columns."""
-    rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
+    rows = _by_regime(tidy[tidy["measure"].isin(measures) & tidy["x"].isna()])
     est = inference.estimate(rows, by=("measure", "layer", "mode", "placement"), confidence=confidence)
     placements = ordered_placements(est["placement"].unique())
     modes = est.groupby("measure")["mode"].nunique()
     out = []
     for (measure, layer, mode), g in est.groupby(["measure", "layer", "mode"], sort=True):
-        label = measure_names.label(measure)
+        label = _measure_label(measure)
         label += f" (layer {layer})" if layer >= 0 else ""
         label += f" [{mode}]" if modes[measure] > 1 else ""
         by = {p: r for p, r in zip(g["placement"], g.to_dict("records"))}
-        out.append({"label": label, "unit": measure_names.unit(measure), "cells": [by.get(p) for p in placements]})
+        out.append({"label": label, "unit": measure_names.unit(measure.partition("@")[0]),
+                    "cells": [by.get(p) for p in placements]})
     return {"placements": placements, "rows": out}
 
 
@@ -245,6 +260,7 @@ def render_report(
     answer: dict | None = None,
     lead_figures: Sequence[Figure] = (),
     placement_specs: dict[str, str] | None = None,
+    claims: Sequence[dict] = (),
 ) -> Path:
     """Write the study report ``path`` (.html) and its CSV and JSON files beside it; returns the HTML path.
 
@@ -273,6 +289,7 @@ def render_report(
         "perplexity": perplexity, "scalars": other, "tests": significance_groups(tests), "figures": list(figures),
         "seeds": seeds_by_placement(tidy), "level": f"{confidence:.0%}", "alpha": alpha,
         "headline": list(headline), "checks": list(checks), "answer": answer, "lead_figures": list(lead_figures),
+        "claims": list(claims),
         "downloads": [
             {"name": f"{stem.name}_data.csv", "what": f"raw tidy data ({len(tidy)} rows)"},
             {"name": f"{stem.name}_tests.csv", "what": f"significance tests ({len(tests)} rows)"},
@@ -285,7 +302,7 @@ def render_report(
     write_atomic(Path(f"{stem}.json"), to_json({
         "title": title, "question": question, "headline": list(headline),
         "checks": [{"key": c.key, "title": c.title, "verdict": c.verdict, "detail": c.detail} for c in checks],
-        "answer": answer, "summary": list(summary), "config": config,
+        "answer": answer, "claims": list(claims), "summary": list(summary), "config": config,
         "placements": context["placements"], "environment": environment,
         "estimates": {"perplexity": _estimates(tidy, PERPLEXITY, confidence),
                       "scalars": _estimates(tidy, scalars, confidence)},

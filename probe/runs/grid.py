@@ -22,8 +22,21 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from probe.runs.cells import Cell, CellResult, MeasureFn, load_cached, run_cell_safely
+from probe.signals import sigint_ignored
 
 EXECUTORS = ("local", "ray")
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """A grid stopped by SIGINT or SIGTERM after its workers were stopped; finished runs are on disk."""
+
+    def __init__(self, finished: int, total: int, signum: int):
+        super().__init__(f"{finished} of {total} runs finished")
+        self.finished, self.total, self.signum = finished, total, signum
+
+    @property
+    def line(self) -> str:
+        return f"interrupted; rerun the same command to resume ({self.finished} of {self.total} runs finished)"
 
 
 def run_grid(
@@ -74,13 +87,18 @@ def run_grid(
         bar.update(len(indices))
 
     groups = list(todo.values())
-    # First pass: skip runs another process holds. Second: wait for them, then reuse what it wrote.
-    for wait in (False, True):
-        _execute(cells, groups, runs_dir, measure_fn, data_dir, jobs=jobs, executor=executor, address=address,
-                 threads=threads, wait=wait, on_result=done)
-        groups, busy = busy, []
-        if not groups:
-            break
+    try:
+        # First pass: skip runs another process holds. Second: wait for them, then reuse what it wrote.
+        for wait in (False, True):
+            _execute(cells, groups, runs_dir, measure_fn, data_dir, jobs=jobs, executor=executor, address=address,
+                     threads=threads, wait=wait, on_result=done)
+            groups, busy = busy, []
+            if not groups:
+                break
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under probe.signals.handled_signals
+        bar.close()
+        finished = sum(r.status == "finished" for r in results.values())
+        raise GridInterrupted(finished, len(cells), getattr(e, "signum", 2)) from None
     bar.close()
     return [results[i] for i in range(len(cells))]
 
@@ -100,10 +118,31 @@ def _execute(cells, groups, runs_dir, measure_fn, data_dir, *, jobs, executor, a
     else:
         threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         # spawn, not fork: forked children inherit torch's thread pools in a broken state.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {
-                pool.submit(run_cell_safely, cells[g[0]], str(runs_dir), measure_fn, data_dir, threads, wait): g
-                for g in groups
-            }
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        try:
+            with sigint_ignored():  # workers start ignoring SIGINT: the parent stops them
+                futures = {
+                    pool.submit(run_cell_safely, cells[g[0]], str(runs_dir), measure_fn, data_dir, threads, wait): g
+                    for g in groups
+                }
             for fut in as_completed(futures):
                 on_result(futures[fut], fut.result())
+        except BaseException:
+            _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate every worker now and wait for it: a killed run leaves its last checkpoint, its lock is
+    released by the kernel, and every file it wrote was written atomically."""
+    processes = list((pool._processes or {}).values())  # the executor has no public handle on them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)

@@ -1,0 +1,117 @@
+"""Each placement's published claim beside this study's verdict on it, and the test behind the verdict.
+
+The claims and their sources are in docs/claims.md. A verdict reads the tests table and the validity
+checks only: ``supported`` where the test the claim predicts is significant in its direction (for a
+claim of *no* memory loss: no significant loss at any learned lag), ``contradicted`` where it is
+significant the other way (a claimed harmless mask that loses memory; a claimed regulariser that raises
+test perplexity), ``not shown`` where the difference the claim predicts is not significant at this n,
+and ``not testable here`` where the placement was not run or the check its half needs failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from probe.placements import placement_name
+from probe.report.text import fmt, fmt_p, is_better
+from probe.report.validity import Check
+
+REGULARISES, COSTS_MEMORY, KEEPS_MEMORY = "regularises", "costs memory", "keeps memory"
+
+
+@dataclass(frozen=True)
+class Claim:
+    placement: str  # registry name
+    source: str
+    claim: str
+    kind: str  # REGULARISES, COSTS_MEMORY or KEEPS_MEMORY
+
+
+CLAIMS = (
+    Claim("zaremba", "Zaremba, Sutskever & Vinyals 2014",
+          "Dropout on the non-recurrent connections only regularises an LSTM language model.", REGULARISES),
+    Claim("naive", "Zaremba, Sutskever & Vinyals 2014",
+          "Dropout on the recurrent connections (a fresh mask on h at every step) corrupts the information the "
+          "LSTM carries through time.", COSTS_MEMORY),
+    Claim("rnndrop", "Moon et al. 2015 (rnnDrop)",
+          "One dropout mask per sequence on the memory cell keeps the memory usable.", KEEPS_MEMORY),
+    Claim("variational", "Gal & Ghahramani 2016",
+          "Tied (per-sequence) masks on inputs, outputs and the recurrent state regularise the recurrence.",
+          REGULARISES),
+    Claim("semeniuta", "Semeniuta, Severyn & Barth 2016",
+          "Dropping the cell update g (not the cell) causes no memory loss, even with per-step masks.",
+          KEEPS_MEMORY),
+    Claim("zoneout", "Krueger et al. 2017",
+          "Keeping previous values at random (zoneout) preserves the flow of information through time.",
+          KEEPS_MEMORY),
+    Claim("weight_drop", "Merity, Keskar & Socher 2018 (AWD-LSTM)",
+          "DropConnect on the recurrent weights regularises without touching the state.", REGULARISES),
+)
+
+
+def _test_rows(tests: pd.DataFrame, measure: str, placement: str, lags: list[int] | None = None) -> pd.DataFrame:
+    rows = tests[(tests["measure"] == measure) & (tests["placement"] == placement)]
+    if lags is not None:
+        rows = rows[rows["x"].astype(float).isin([float(k) for k in lags])]
+    return rows
+
+
+def _significant(rows: pd.DataFrame, alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(significantly better, significantly worse) rows."""
+    sig = rows[rows["p_holm"] < alpha]
+    good = sig.apply(is_better, axis=1).astype(bool) if len(sig) else pd.Series([], dtype=bool, index=sig.index)
+    return sig[good], sig[~good]
+
+
+def _describe(r) -> str:
+    return (f"{r['label']}: {fmt(r['mean'], 3)} vs {r['reference']} {fmt(r['mean_ref'], 3)}, "
+            f"Holm p = {fmt_p(r['p_holm'])}")
+
+
+def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements, *, alpha: float = 0.05) -> list[dict]:
+    """One row per claim: placement (the label tested), source, claim, verdict and the test behind it."""
+    passed = {c.key: c.passed for c in checks}
+    memory = [c for c in checks if c.key == "memory_learned"]
+    learned = sorted(set.intersection(*[set(c.values.get("learned_lags", [])) for c in memory])) if memory else []
+    labels = {placement_name(p): str(p) for p in placements if placement_name(p) is not None}
+    out = []
+    for claim in CLAIMS:
+        row = {"placement": labels.get(claim.placement, claim.placement), "source": claim.source,
+               "claim": claim.claim}
+        label = labels.get(claim.placement)
+        if label is None:
+            out.append(row | {"verdict": "not testable here", "test": "this placement was not run"})
+            continue
+        if claim.kind == REGULARISES:
+            if passed.get("overfits") is not True:
+                out.append(row | {"verdict": "not testable here",
+                                  "test": "without dropout the model does not overfit, so nothing is regularised"})
+                continue
+            rows = _test_rows(tests, "test_ppl", label)
+            better, worse = _significant(rows, alpha)
+            verdict = "supported" if len(better) else "contradicted" if len(worse) else "not shown"
+            test = _describe(rows.iloc[0]) if len(rows) else "no test perplexity test"
+            out.append(row | {"verdict": verdict if len(rows) else "not testable here", "test": test})
+            continue
+        if not learned:
+            out.append(row | {"verdict": "not testable here",
+                              "test": "the memory reference did not learn the planted copies at any lag"})
+            continue
+        rows = _test_rows(tests, "copy_logprob", label, learned)
+        if rows.empty:
+            rows = _test_rows(tests, "recall_accuracy", label, learned)
+        if rows.empty:
+            out.append(row | {"verdict": "not testable here", "test": "no memory test of this placement"})
+            continue
+        better, worse = _significant(rows, alpha)
+        at = f"at learned lags {', '.join(map(str, learned))}"
+        if claim.kind == COSTS_MEMORY:
+            verdict = "supported" if len(worse) else "contradicted" if len(better) else "not shown"
+        else:  # KEEPS_MEMORY: a significant loss at any learned lag contradicts it
+            verdict = "contradicted" if len(worse) else "supported"
+        shown = worse if len(worse) else better if len(better) else rows.sort_values("p_holm")
+        test = f"{_describe(shown.iloc[0])} ({at}; {len(worse)} of {len(rows)} significantly lower)"
+        out.append(row | {"verdict": verdict, "test": test})
+    return out
