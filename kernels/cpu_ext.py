@@ -17,6 +17,7 @@ process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -91,13 +92,34 @@ def _load() -> tuple[bool, str]:
 
         folder = build_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(name="dropout_probe_lstm_cpu", sources=[str(SOURCE)], extra_cflags=FLAGS,
-                           extra_ldflags=["-fopenmp"], build_directory=str(folder), is_python_module=False,
-                           verbose=False)
+        with _held(folder / ".probe-lock"):
+            # torch's build baton (a plain file) outlives a process killed while holding it, and then every
+            # later load waits on it forever. Every loader holds the flock above first, so a baton found now
+            # was left by a dead process.
+            (folder / "lock").unlink(missing_ok=True)
+            cpp_extension.load(name="dropout_probe_lstm_cpu", sources=[str(SOURCE)], extra_cflags=FLAGS,
+                               extra_ldflags=["-fopenmp"], build_directory=str(folder), is_python_module=False,
+                               verbose=False)
     except Exception as e:  # a failed build must never stop training: the Python loop computes the same
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         return False, f"building it failed: {first[:200]}"
     return True, ""
+
+
+@contextlib.contextmanager
+def _held(path: Path):
+    """An flock on ``path`` while held: released by the kernel when its holder dies (a no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def usable(t: torch.Tensor) -> bool:

@@ -118,3 +118,17 @@ def test_cpu_speed_prints_one_row_per_shape_and_thread_count_with_every_mask_kin
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 5 x 2 x 8", "| 6 x 3 x 4"))]
     assert len(rows) == 2
     assert all(row.count("x (") == len(cpu_speed.MASK_KINDS) for row in rows)
+
+
+def test_a_build_baton_left_by_a_killed_process_does_not_block_loading(tmp_path):
+    # torch's FileBaton is a plain file: a process killed while holding it used to leave every later load
+    # waiting forever. The loader now holds an flock first and clears a baton nobody can hold.
+    from kernels import cpu_ext
+
+    folder = cpu_ext.build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lock").write_text("")
+    code = "from kernels import cpu_ext; print(cpu_ext.available())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr

@@ -367,3 +367,15 @@ def test_figures_survive_a_diverged_run_with_infinite_perplexity():
     tidy.loc[diverged, "value"] = np.inf  # a run that blew up in its last epoch
     figs = {f.key: f for f in figures.standard_figures(tidy)}
     assert figs["training"].svg and "<svg" in figs["training"].svg
+
+
+def test_bands_on_log_axes_come_from_log_values_and_never_reach_zero():
+    from probe.report.figures import curve_estimate
+
+    # Seeds spread over two orders of magnitude: a t-interval of the raw values would reach below zero.
+    rows = pd.DataFrame({"placement": "none", "x": 20.0, "seed": range(6),
+                         "value": [1e-6, 1e-4, 2e-6, 3e-4, 5e-6, 1e-5], "measure": "influence_kl"})
+    raw = curve_estimate(rows, log_y=False, floor=None).iloc[0]
+    logged = curve_estimate(rows, log_y=True, floor=1e-12).iloc[0]
+    assert raw["low"] < 0 < logged["low"] < logged["mean"] < logged["high"]
+    assert logged["mean"] == pytest.approx(float(np.exp(np.log(rows["value"]).mean())))

@@ -329,3 +329,21 @@ def test_a_metric_of_an_unknown_measure_needs_an_explicit_direction():
 def test_probability_of_improvement_counts_two_infinities_as_a_tie():
     assert inference.prob_improvement([np.inf, np.inf], [np.inf, 1.0], higher_is_better=True) == pytest.approx(0.75)
     assert inference.prob_improvement([np.inf], [np.inf], higher_is_better=False) == 0.5
+
+
+def test_identical_samples_give_no_precision_warning_and_are_named_degenerate():
+    import warnings as _warnings
+
+    from probe.analysis.inference import compare as compare_groups
+    from probe.analysis.inference import degenerate, welch
+
+    same = np.full(6, 0.9947368421052631)
+    varied = same + np.linspace(-0.01, 0.01, 6)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")  # scipy's "Precision loss occurred in moment calculation" would raise
+        t, df = welch(varied, same)
+        assert np.isfinite(t.pvalue) and np.isfinite(df)  # one constant group: Welch's test is still defined
+        both, _ = welch(same, same.copy())
+        assert np.isnan(both.pvalue) and degenerate(same, same.copy())
+        c = compare_groups(same, same.copy(), higher_is_better=True)
+    assert np.isnan(c.p_welch)

@@ -40,8 +40,9 @@ class MeasureConfig:
     probe_positions: int = 4000  # positions used (first half trains, second half scores)
     probe_steps: int = 50  # L-BFGS iterations (full batch, all lags at once); see docs
     # L2 on the probe weights (features are standardised): one value, or candidates from which each
-    # probe (layer, lag) takes the one best on held-out training positions (probe.measure.probe_info)
-    probe_weight_decay: float | tuple[float, ...] = (1e-3, 1e-1, 10.0, 1e3)
+    # probe (layer, lag) takes the one best on held-out training positions, the bias-only probe included
+    # (probe.measure.probe_info)
+    probe_weight_decay: float | tuple[float, ...] = (1e-3, 1e-1)
     probe_cell: bool = True  # also probe the cell state c_t
     probe_untrained: bool = True  # also probe an untrained network of the same shape and seed
 

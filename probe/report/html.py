@@ -261,6 +261,7 @@ def render_report(
     lead_figures: Sequence[Figure] = (),
     placement_specs: dict[str, str] | None = None,
     claims: Sequence[dict] = (),
+    tables: Sequence[dict] = (),
 ) -> Path:
     """Write the study report ``path`` (.html) and its CSV and JSON files beside it; returns the HTML path.
 
@@ -289,7 +290,7 @@ def render_report(
         "perplexity": perplexity, "scalars": other, "tests": significance_groups(tests), "figures": list(figures),
         "seeds": seeds_by_placement(tidy), "level": f"{confidence:.0%}", "alpha": alpha,
         "headline": list(headline), "checks": list(checks), "answer": answer, "lead_figures": list(lead_figures),
-        "claims": list(claims),
+        "claims": list(claims), "tables": list(tables),
         "downloads": [
             {"name": f"{stem.name}_data.csv", "what": f"raw tidy data ({len(tidy)} rows)"},
             {"name": f"{stem.name}_tests.csv", "what": f"significance tests ({len(tests)} rows)"},
@@ -302,7 +303,7 @@ def render_report(
     write_atomic(Path(f"{stem}.json"), to_json({
         "title": title, "question": question, "headline": list(headline),
         "checks": [{"key": c.key, "title": c.title, "verdict": c.verdict, "detail": c.detail} for c in checks],
-        "answer": answer, "claims": list(claims), "summary": list(summary), "config": config,
+        "answer": answer, "claims": list(claims), "tables": list(tables), "summary": list(summary), "config": config,
         "placements": context["placements"], "environment": environment,
         "estimates": {"perplexity": _estimates(tidy, PERPLEXITY, confidence),
                       "scalars": _estimates(tidy, scalars, confidence)},

@@ -14,8 +14,10 @@ worker gets an equal share of the cores for torch's intra-op threads.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -96,10 +98,16 @@ def run_grid(
             if not groups:
                 break
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under probe.signals.handled_signals
-        bar.close()
-        finished = sum(r.status == "finished" for r in results.values())
-        raise GridInterrupted(finished, len(cells), getattr(e, "signum", 2)) from None
+        signum = getattr(e, "signum", 2)
+    else:
+        signum = None
     bar.close()
+    if signum is not None:
+        # Raised here, not in the except block: the first exception's frames (and the stopped pool's queues
+        # and semaphores they hold) are freed first, so nothing is reported leaked at exit.
+        gc.collect()
+        finished = sum(r.status == "finished" for r in results.values())
+        raise GridInterrupted(finished, len(cells), signum)
     return [results[i] for i in range(len(cells))]
 
 
@@ -118,7 +126,7 @@ def _execute(cells, groups, runs_dir, measure_fn, data_dir, *, jobs, executor, a
     else:
         threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         # spawn, not fork: forked children inherit torch's thread pools in a broken state.
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker)
         try:
             with sigint_ignored():  # workers start ignoring SIGINT: the parent stops them
                 futures = {
@@ -131,6 +139,12 @@ def _execute(cells, groups, runs_dir, measure_fn, data_dir, *, jobs, executor, a
             _stop_workers(pool)
             raise
         pool.shutdown(wait=True)
+
+
+def _init_worker() -> None:
+    """A worker's tqdm takes a thread lock, not its default multiprocessing one: a worker stopped by the parent
+    would otherwise leave that semaphore for the resource tracker to report at exit."""
+    tqdm.set_lock(threading.RLock())
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -146,3 +160,4 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         if p.is_alive():
             p.kill()
             p.join(timeout=5)
+    pool.shutdown(wait=True)  # the manager thread sees the workers gone and closes its queues (and semaphores)
