@@ -32,11 +32,12 @@ from studies.memory_decay_presets import CorpusPlan, StudyPreset
 QUESTION = (
     "Where can dropout go in an LSTM without destroying its memory? Each placement trains the same model "
     "on the same data over several seeds; we measure how much regularisation it buys (test perplexity "
-    "against no dropout) and how much memory it costs: recall of copies planted at known lags, how much a "
-    "token k steps back still changes the prediction (counterfactual influence, with and without the "
-    "placement's training masks), how much a linear probe can read it from the hidden state, and how "
-    "perplexity depends on the context the model is given. Every placement is tested against the model "
-    "without dropout."
+    "against no dropout, where data are scarce enough for the model without dropout to overfit) and how "
+    "much memory it costs (against zaremba's non-recurrent dropout at the same rate, where data suffice for "
+    "that reference to learn every planted copy): the log-probability and recall of copies planted at known "
+    "lags, the influence of a copy's marked source on it, how much a token k steps back still changes the "
+    "prediction (with and without the placement's training masks), how much a linear probe can read it "
+    "from the hidden state, and how perplexity depends on the context the model is given."
 )
 
 
@@ -80,6 +81,12 @@ def regime_table(regimes: list[Regime]) -> pd.DataFrame:
         df["hidden_size"] = df["run_id"].map(sizes).astype("Int64")
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def _title_corpus(regimes: list[Regime]) -> str:
+    if len(regimes) == 1:
+        return regimes[0].plan.corpus
+    return "; ".join(f"{g.plan.regime} regime {g.plan.corpus}" for g in regimes)
 
 
 def _training_text(run: RunConfig) -> str:
@@ -164,7 +171,7 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
     if dose is not None:
         lead.append(dose)
     return render_report(
-        path, title=f"Memory decay under dropout placements: {plan.corpus}", question=QUESTION, config=config,
+        path, title=f"Memory decay under dropout placements: {_title_corpus(regimes)}", question=QUESTION, config=config,
         placements=placements, tidy=df, tests=tests, summary=report_text.summarize(tests), environment=env,
         figures=standard_figures(regime_rows(df, MEMORY), optimum), methods=methods,
         headline=headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag),
