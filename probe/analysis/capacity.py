@@ -35,7 +35,7 @@ class Equivalent:
         if self.beyond:
             return f"beyond the ladder ({'smaller than its smallest' if self.beyond == BELOW else 'larger than its largest'} size)"
         interval = f"[{_fmt(self.low)}, {_fmt(self.high)}]"
-        note = f", {self.beyond_share:.0%} of resamples beyond" if self.beyond_share > 0 else ""
+        note = f", {self.beyond_share:.1%} of resamples beyond" if self.beyond_share > 0 else ""
         return f"{_fmt(self.size)} units {interval}{note}"
 
 

@@ -190,8 +190,3 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
     return {"headers": [c.header for c in present], "rows": rows,
             "against": [c.against for c in present],
             "regimes": [regime_label(tidy, c.regime) for c in present]}
-
-
-def answer_metrics(lags: list[int], short_lag: int | None) -> list[compare.Metric]:
-    """The metrics the answer table shows, to be tested against the reference."""
-    return [c.metric for c in answer_columns(lags, short_lag)]
