@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import io
-import json
-import math
 import os
-import random
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from probe.data.corpus import Corpus, batchify, bptt_windows
-from probe.data.registry import corpus_fingerprint, load_corpus
-from probe.model.language_model import LanguageModel, ModelConfig, detach_state
-from probe.placements import parse_placement
+from probe.data.corpus import Corpus
+from probe.data.registry import load_corpus
 from probe.signals import exit_code, handled_signals
-from probe.preflight import check_backend, check_device, check_device_name, check_folder
-from probe.runs.folder import CHECKPOINT, METRICS, RESULT, RunFolder
+from probe.preflight import check_backend, check_device, check_folder
+from probe.runs.folder import RESULT, RunFolder
 from kernels.layer import backend_help
 from probe.runs.config import PRESETS, RunConfig, RunResult, preset
 from probe.runs.train import train

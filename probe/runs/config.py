@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import io
 import json
 import math
-import os
-import random
-import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from probe.data.corpus import Corpus, batchify, bptt_windows
-from probe.data.registry import corpus_fingerprint, load_corpus
-from probe.model.language_model import LanguageModel, ModelConfig, detach_state
+from probe.data.registry import corpus_fingerprint
+from probe.model.language_model import LanguageModel, ModelConfig
 from probe.placements import parse_placement
-from probe.preflight import check_backend, check_device, check_device_name, check_folder
-from probe.runs.folder import CHECKPOINT, METRICS, RESULT, RunFolder
+from probe.preflight import check_device_name
 from kernels.layer import canonical_backend
 
 

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import pickle
 import types
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from probe.data.corpus import EOS, SPLITS, Corpus, CorpusError, Vocab
-from probe.data.registry import DATASETS, corpus_fingerprint, load_corpus, resolve_data_dir
+from probe.data.registry import DATASETS, resolve_data_dir
 from probe.files import file_sha256
-from probe.runs.manifest import MANIFEST, Manifest
 from probe.model.language_model import LanguageModel, ModelConfig
 from probe.placements import parse_placement
 from probe.runs.loaded import EXAMPLES_EVAL_BATCH, SUPPORTED, CheckpointError, Loaded, describe

@@ -24,18 +24,13 @@ an exception.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
 import io
-import json
 import math
 import pickle
-import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -46,11 +41,8 @@ from tqdm.auto import tqdm
 
 from probe.data.corpus import Corpus, batchify, bptt_windows
 from probe.data.registry import corpus_fingerprint, load_corpus
-from probe.model.language_model import LanguageModel, ModelConfig, detach_state
-from probe.placements import parse_placement
-from probe.preflight import check_backend, check_device, check_device_name, check_folder
+from probe.model.language_model import LanguageModel, detach_state
 from probe.runs.folder import CHECKPOINT, METRICS, RESULT, RunFolder
-from kernels.layer import BACKENDS
 from probe.runs.config import DTYPES, RunConfig, RunResult, best_epoch, learning_rates, selected_epoch
 
 
