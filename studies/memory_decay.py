@@ -1,6 +1,6 @@
 """The placement study: where can dropout go in an LSTM without destroying its memory?
 
-    python -m studies.memory_decay                      # the default preset, about 10 min on 2 CPU cores
+    python -m studies.memory_decay                      # the default preset, about 14 min on 2 CPU cores
     python -m studies.memory_decay --preset smoke       # under a minute, for tests
     python -m studies.memory_decay --preset dose        # drop rate as an axis
     python -m studies.memory_decay --preset paper --device cuda
