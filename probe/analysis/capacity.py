@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from probe.analysis import inference
+
 BELOW, ABOVE = "below", "above"
 
 
@@ -119,4 +121,4 @@ def per_seed(tidy: pd.DataFrame, measure: str, x: float | None = None) -> pd.Dat
         rows = rows[np.isclose(rows["x"].astype(float), x)]
     if "layer" in rows.columns and (rows["layer"] == -1).any():
         rows = rows[rows["layer"] == -1]
-    return rows.groupby(["placement", "hidden_size", "seed"], as_index=False)["value"].mean()
+    return inference.per_seed(rows, by=("placement", "hidden_size"))
