@@ -27,9 +27,13 @@ class RecurrentMasks(NamedTuple):
     zoneout_h: torch.Tensor | None = None
     zoneout_c: torch.Tensor | None = None
 
+    def map(self, fn) -> "RecurrentMasks":
+        """``fn`` applied to every mask that is given, each kept under its own name."""
+        return RecurrentMasks(**{name: None if m is None else fn(m) for name, m in self._asdict().items()})
+
     def at(self, t: int) -> "RecurrentMasks":
         """The masks that apply at step ``t`` (sequence masks are the same at every t)."""
-        return RecurrentMasks(*(None if m is None else (m if m.dim() == 2 else m[t]) for m in self))
+        return self.map(lambda m: m if m.dim() == 2 else m[t])
 
     def present(self) -> tuple[str, ...]:
         return tuple(name for name, m in zip(MASK_NAMES, self) if m is not None)

@@ -9,7 +9,7 @@ import torch
 from kernels.contract import RecurrentMasks, check_inputs
 from kernels.gemm import linear
 from kernels.native import lstm_layer_native, native_supported
-from kernels.reference import lstm_layer_loop, lstm_layer_projected_reference, lstm_layer_reference
+from kernels.reference import lstm_layer_loop, lstm_layer_projected_compiled, lstm_layer_compiled
 
 # Each backend named for what it runs, with the line --help shows for it.
 BACKEND_HELP = {
@@ -77,7 +77,7 @@ def lstm_layer(
     if chosen == "spec":
         return lstm_layer_loop(gx, h0, c0, w_hh, masks)
     if chosen == "compiled":
-        return lstm_layer_reference(gx, h0, c0, w_hh, masks)
+        return lstm_layer_compiled(gx, h0, c0, w_hh, masks)
     from kernels.triton_lstm import lstm_layer_triton
 
     return lstm_layer_triton(gx, h0, c0, w_hh, masks)
@@ -128,7 +128,7 @@ def lstm_layer_from_input(
     if chosen == "spec":
         return lstm_layer_loop(linear(x, w_ih, bias), h0, c0, w_hh, masks)
     if chosen == "compiled":
-        return lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks)
+        return lstm_layer_projected_compiled(x, w_ih, bias, h0, c0, w_hh, masks)
     return lstm_layer(linear(x, w_ih, bias), h0, c0, w_hh, masks=masks, backend="triton")
 
 

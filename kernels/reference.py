@@ -6,7 +6,7 @@ Two implementations of one function (the recurrence of docs/recurrence.md,
 - ``lstm_layer_loop``: the per-step semantics written out literally and
   differentiated by autograd. It is the spec every other backend is tested
   against, and is short enough to check against the equations by eye.
-- ``lstm_layer_reference``: the same function as one autograd Function with a
+- ``lstm_layer_compiled``: the same function as one autograd Function with a
   hand-written backward over the whole sequence. The forward saves the
   activated gates, cell states and tanh(c); the backward runs the serial
   part (one (B, 4H) x (4H, H) product and a few elementwise ops per step)
@@ -25,7 +25,7 @@ from kernels import cpu_ext
 from kernels.contract import RecurrentMasks
 from kernels.gemm import PackedWeight, mm_t
 
-__all__ = ["lstm_step", "lstm_layer_loop", "lstm_layer_reference", "lstm_layer_projected_reference"]
+__all__ = ["lstm_step", "lstm_layer_loop", "lstm_layer_compiled", "lstm_layer_projected_compiled"]
 
 
 def lstm_step(gx_t, h, c, w_hh, m: RecurrentMasks):
@@ -294,13 +294,13 @@ class _ProjectedMaskedLSTM(torch.autograd.Function):
         return (d_x, d_w_ih, d_b, dh0, dc0, d_w_hh) + (None,) * len(masks)
 
 
-def lstm_layer_reference(gx, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
+def lstm_layer_compiled(gx, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
     """The recurrence with a hand-written whole-sequence backward."""
     hs, h_T, c_T = _MaskedLSTM.apply(gx, h0, c0, w_hh, *masks)
     return hs, (h_T, c_T)
 
 
-def lstm_layer_projected_reference(x, w_ih, bias, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
-    """``lstm_layer_reference`` on gx = x @ w_ih.T + bias, the projection fused into the Function."""
+def lstm_layer_projected_compiled(x, w_ih, bias, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
+    """``lstm_layer_compiled`` on gx = x @ w_ih.T + bias, the projection fused into the Function."""
     hs, h_T, c_T = _ProjectedMaskedLSTM.apply(x, w_ih, bias, h0, c0, w_hh, *masks)
     return hs, (h_T, c_T)

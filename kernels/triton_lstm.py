@@ -408,7 +408,8 @@ def _on_device(device: torch.device):
 class _TritonLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx, h0, c0, w_hh, cfg, *masks):
-        masks = RecurrentMasks(*(None if m is None else m.contiguous() for m in masks))
+        # autograd passes the masks as positional tensors, in RecurrentMasks' field order
+        masks = RecurrentMasks._make(masks).map(lambda m: m.contiguous())
         w_hh = w_hh.contiguous()
         save = any(ctx.needs_input_grad[:4])
         with _on_device(gx.device):
@@ -424,7 +425,7 @@ class _TritonLSTM(torch.autograd.Function):
         w_hh, h, c, gates, tanhc, *masks = ctx.saved_tensors
         with _on_device(w_hh.device):
             d_gx, d_h0, d_c0, d_w = lstm_backward(
-                w_hh, h, c, gates, tanhc, RecurrentMasks(*masks), d_hs, d_hT, d_cT, ctx.cfg, ctx.needs_input_grad[3]
+                w_hh, h, c, gates, tanhc, RecurrentMasks._make(masks), d_hs, d_hT, d_cT, ctx.cfg, ctx.needs_input_grad[3]
             )
         return (d_gx, d_h0, d_c0, d_w, None) + (None,) * len(masks)
 

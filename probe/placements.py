@@ -412,3 +412,24 @@ def memory_reference(spec: str | Placement) -> tuple[str, str] | None:
     if placement.rate(Site.OUTPUT) != rate:
         notes.append(f"its output rate {placement.rate(Site.OUTPUT):g} differs from its input rate {rate:g}")
     return parse_placement(f"zaremba:p={rate:g}").spec, "; ".join(notes)
+
+
+def readable(label) -> str:
+    """How prose names a placement: its name and rate (``variational:p=0.3,rec=0.3`` -> "variational,
+    p = 0.3"; rates that differ are listed, "zoneout, p = 0.3, zc = 0.3, zh = 0.025"). Tables and data keep
+    the canonical spec; a label that is not a spec is returned as it is."""
+    try:
+        placement = parse_placement(str(label))
+    except PlacementError:
+        return str(label)
+    rate = dose(placement)
+    text = placement.name
+    if rate is not None and rate > 0:
+        text += f", p = {rate:g}"
+    elif rate is None:
+        text += ", " + ", ".join(f"{k} = {v:g}" for k, v in placement.params.items()
+                                 if isinstance(v, float) and v > 0)
+    d = placement.definition
+    if d.scope_choice and placement.params.get("scope") != _default_scope(d).value:
+        text += f", {placement.params['scope']} masks"
+    return text

@@ -9,6 +9,7 @@ from pathlib import Path
 from probe.preflight import PreflightError, check_device, check_device_name, check_folder
 from probe.runs.folder import LOG
 from probe.runs.cells import CellResult
+from probe.runs.config import RunStatus
 from probe.runs.grid import GridInterrupted
 from probe.signals import exit_code, handled_signals
 
@@ -25,6 +26,29 @@ def run_interruptible(body, *args):
     except KeyboardInterrupt as e:  # before or after the grid: nothing is half-written
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return False, exit_code(e)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: a count (``6``: seeds 0-5), a range (``6-11``), a list (``0,2,5``) or lists of ranges
+    (``0-2,6-8``); the seeds in the order given, each once. Disjoint seeds give an independent replication."""
+    text = str(text).strip()
+    valid = "give a count (6), a range (6-11) or a list (0,2,5)"
+    if text.isdigit():
+        if int(text) < 1:
+            raise argparse.ArgumentTypeError(f"a seed count must be at least 1; got {text}; {valid}")
+        return list(range(int(text)))
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(f"bad seeds {text!r} at {part.strip()!r}; {valid}")
+        if dash and int(hi) < int(lo):
+            raise argparse.ArgumentTypeError(f"bad seed range {part.strip()!r}: it runs backwards; {valid}")
+        for s in range(int(lo), int(hi if dash else lo) + 1):
+            if s in seeds:
+                raise argparse.ArgumentTypeError(f"seed {s} is given twice in {text!r}; give each seed once")
+            seeds.append(s)
+    return seeds
 
 
 def add_grid_options(p: argparse.ArgumentParser, *, study: str, jobs: int) -> None:
@@ -68,7 +92,7 @@ def preflight_folders(args: argparse.Namespace) -> None:
 
 def report_failures(results: list[CellResult]) -> int:
     """One line per failed run, with where its traceback is; returns how many failed."""
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status == RunStatus.FAILED]
     for r in failed:
         where = f"traceback in {r.log}" if r.log else "no traceback could be written"
         print(f"run {r.cell.run.run_id()} ({r.cell.run.placement} seed {r.cell.run.seed}) failed: {r.error} "
@@ -82,7 +106,7 @@ RETRYABLE = ("OSError", "MemoryError", "TimeoutError", "ConnectionError", "Broke
 
 def retryable(results: list[CellResult]) -> bool:
     """Whether every failed run failed in a way a rerun can fix."""
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status == RunStatus.FAILED]
     return all(str(r.error or "").split(":", 1)[0].strip() in RETRYABLE for r in failed)
 
 

@@ -27,17 +27,20 @@ from pathlib import Path
 
 
 
+from probe.analysis.compare import reference_label
 from probe.data.corpus import CorpusError
 from probe.data.registry import load_corpus
 from probe.runs.grid import run_grid
 from probe.runs.cells import Cell
+from probe.runs.config import RunStatus
 from probe.runs.ray_executor import ClusterError
 from probe.measure import run_all
-from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement, placement_name
+from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
 from probe.model.language_model import LanguageModel
+from probe.report.replication import read_study_data
 from probe.runs.cli import check_corpus_fits
-from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
-                        report_failures, retryable, run_interruptible)
+from studies.cli import (add_grid_options, failure_summary, finish_grid_options, parse_seeds, preflight,
+                         preflight_folders, report_failures, retryable, run_interruptible)
 
 from studies.memory_decay_presets import PRESETS, CorpusPlan, StudyPreset  # noqa: F401 (re-exported)
 from studies.memory_decay_report import Regime, report_capacity, report_one
@@ -66,17 +69,6 @@ def report_name(preset: str, corpus: str, *, first: bool) -> str:
     names (memory_decay_dose.html, memory_decay_<corpus>.html), so one never overwrites another's report."""
     stem = "memory_decay" if preset == "default" else f"memory_decay_{preset}"
     return f"{stem}.html" if first else f"{stem}_{_slug(corpus)}.html"
-
-
-def resolve_reference(reference: str, placements: list[str]) -> str:
-    """The placement spec the others are tested against: an exact spec, or a name that one spec has."""
-    ref = parse_placement(reference)
-    if ref.spec in placements:
-        return ref.spec
-    same_name = [p for p in placements if placement_name(p) == ref.name]
-    if ":" not in reference and len(same_name) == 1:
-        return same_name[0]
-    raise PlacementError(f"reference placement {reference!r} is not among the placements: {', '.join(placements)}")
 
 
 @dataclass
@@ -120,8 +112,11 @@ def run_study(args) -> StudyOutcome:
     variants = study.variants if not args.placements else ()
     placements = canonical_placements(args.placements or study.placements) if not variants else list(
         dict.fromkeys(parse_placement(p).spec for p, _ in variants))
-    reference = resolve_reference(args.reference, placements)
-    seeds = list(range(args.seeds if args.seeds is not None else study.seeds))
+    reference = reference_label(placements, args.reference)
+    if reference is None:
+        raise PlacementError(f"reference placement {args.reference!r} is not among the placements: "
+                             f"{', '.join(placements)}")
+    seeds = args.seeds if args.seeds is not None else list(range(study.seeds))
     plans = list(study.corpora)
     if args.corpus:  # one corpus, one regime: the settings of the preset's measured plan
         base = next((p for p in plans if p.measure is not None), plans[0])
@@ -130,6 +125,9 @@ def run_study(args) -> StudyOutcome:
     elif args.split:
         plans = [dataclasses.replace(p, split=args.split) for p in plans]
     preflight(args, folders=False)
+    replicate = (str(args.replicate_of), read_study_data(args.replicate_of)) if args.replicate_of else None
+    if replicate is not None and variants:
+        raise ValueError("--replicate-of compares placement studies; the capacity preset has no verdicts to compare")
     corpora = []  # every corpus is found before any run trains
     for plan in plans:
         try:
@@ -161,17 +159,17 @@ def run_study(args) -> StudyOutcome:
     for i, group in enumerate(reports):
         first = group[0].plan
         path = Path(args.out) / report_name(study.name, first.corpus, first=i == 0 and not args.corpus)
-        if not any(r.status == "finished" for g in group for r in g.results):
+        if not any(r.status == RunStatus.FINISHED for g in group for r in g.results):
             print(f"no run on {first.corpus} finished, so {path} was not written"
                   + (" (the existing report is kept)" if path.exists() else ""), file=sys.stderr)
             outcome.not_written.append(path)
             continue
-        if any(not any(r.status == "finished" for r in g.results) for g in group):
+        if any(not any(r.status == RunStatus.FINISHED for r in g.results) for g in group):
             print(f"no run of a regime finished, so {path} was not written", file=sys.stderr)
             outcome.not_written.append(path)
             continue
         write = report_capacity if variants else report_one
-        outcome.reports.append(write(group, study, path, args, reference))
+        outcome.reports.append(write(group, study, path, args, reference, replicate))
         print(f"report: {path}", file=sys.stderr)
     return outcome
 
@@ -189,10 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="placement every other is tested against on test perplexity (default none: the model "
                         "without dropout); memory is always tested against each placement's memory reference, "
                         "zaremba at its non-recurrent rate")
-    p.add_argument("--seeds", type=int, help="seeds per placement (default: the preset's)")
+    p.add_argument("--seeds", type=parse_seeds, metavar="SEEDS",
+                   help="the seeds of every placement: a count (6: seeds 0-5), a range (6-11) or a list (0,2,5) "
+                        "(default: the preset's count); disjoint seeds make an independent replication")
     p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings: a registry name, "
                    "a synthetic spec, or your own text (PATH.txt, a folder with train/valid/test.txt, or "
                    "text,level=char,valid=0.1,test=0.1:PATH)")
+    p.add_argument("--replicate-of", type=Path, metavar="DATA_CSV",
+                   help="another run of this study (its <report>_data.csv, e.g. from disjoint --seeds): the report "
+                        "and the terminal set each verdict beside that study's, with the agreement rate")
     p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.data.registry)")
     add_grid_options(p, study="memory_decay", jobs=2)
     return p
@@ -200,9 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = finish_grid_options(build_parser().parse_args(argv), study="memory_decay")
-    if args.seeds is not None and args.seeds < 1:
-        print("error: --seeds must be at least 1", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     try:
         ok, outcome = run_interruptible(run_study, args)

@@ -13,17 +13,21 @@ import pandas as pd
 from probe.report import text as report_text
 
 from probe.analysis import compare
-from probe.analysis.regimes import MEMORY, REGULARISATION, has_regimes, regime_rows, two_reference_tests
-from probe.report.answer import answer_columns, answer_table, headline
+from probe.data.synthetic_spec import parse_synthetic_spec
+from probe.analysis.design import placement_design, run_tests
+from probe.analysis.regimes import MEMORY, has_regimes, regime_rows
+from probe.report.answer import answer_table, headline
 from probe.report import capacity
 from probe.report.claims import claim_verdicts
+from probe.report.replication import print_replication, replication_table
 from probe.runs.cells import CellResult, tidy_table
 from probe.report.effect_figures import dose_figure, forest_figure
 from probe.report.plotting import placement_styles
 from probe.report.figures import standard_figures
-from probe.report.html import collect_environment, render_report
-from probe.runs.config import RunConfig
-from probe.report.validity import planted_lags, validity_checks
+from probe.report.html import Report, collect_environment, render_report
+from probe.report.tradeoff import tradeoff_figure
+from probe.runs.config import RunConfig, RunStatus
+from probe.report.validity import learned_lags, planted_lags, validity_checks
 
 
 from studies.memory_decay_presets import CorpusPlan, StudyPreset
@@ -39,27 +43,6 @@ QUESTION = (
     "prediction (with and without the placement's training masks), how much a linear probe can read it "
     "from the hidden state, and how perplexity depends on the context the model is given."
 )
-
-
-def study_metrics(lags: list[int], short_lag: int, long_lag: int) -> tuple[list[compare.Metric], list[compare.Metric]]:
-    """The tested metrics: (regularisation metrics, tested against none; memory metrics, tested against
-    each placement's memory reference), the answer table's first, then the rest of the evidence."""
-    columns = answer_columns(lags, short_lag)
-    fit = [c.metric for c in columns if c.regime == REGULARISATION] + [compare.Metric("valid_ppl")]
-    memory = [c.metric for c in columns if c.regime == MEMORY]
-    memory += [compare.Metric("source_influence", x=k, mode="eval") for k in lags[:-1]]
-    memory += [compare.Metric("recall_accuracy", x=k, mode="eval") for k in lags]
-    memory += [
-        compare.Metric("influence_kl_eval_half_life", mode="eval"),
-        compare.Metric("influence_kl", x=short_lag, mode="train",
-                       label=f"training-mode influence at lag {short_lag}", unit="nats"),
-        compare.Metric("influence_kl", x=long_lag, mode="eval",
-                       label=f"evaluation-mode influence at lag {long_lag}", unit="nats"),
-        compare.Metric("probe_bits", x=short_lag, mode="eval",
-                       label=f"probe information about the token {short_lag} back (top layer)", unit="bits"),
-        compare.Metric("effective_context", mode="eval"),
-    ]
-    return fit, memory
 
 
 @dataclass(frozen=True)
@@ -84,9 +67,16 @@ def regime_table(regimes: list[Regime]) -> pd.DataFrame:
 
 
 def _title_corpus(regimes: list[Regime]) -> str:
-    if len(regimes) == 1:
-        return regimes[0].plan.corpus
-    return "; ".join(f"{g.plan.regime} regime {g.plan.corpus}" for g in regimes)
+    """How the title names the corpus, never as a raw spec (the configuration has that): the synthetic
+    language by what it plants, a registry corpus or a text file by its label."""
+    names = []
+    for g in regimes:
+        try:
+            names.append(parse_synthetic_spec(g.plan.corpus).title())
+        except ValueError:
+            names.append(g.corpus.label)
+    names = list(dict.fromkeys(names))
+    return names[0] if len(names) == 1 else ", ".join(names)
 
 
 def _training_text(run: RunConfig) -> str:
@@ -95,7 +85,9 @@ def _training_text(run: RunConfig) -> str:
             f"{run.batch_size}, BPTT {run.bptt}, gradient norm clipped at {run.clip:g}")
 
 
-def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none") -> Path:
+def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none",
+               replicate: tuple[str, pd.DataFrame] | None = None) -> Path:
+    """The placement study's report; ``replicate``: (name, tidy data) of another study to set beside it."""
     df = regime_table(regimes)
     results = [r for g in regimes for r in g.results]
     two = has_regimes(df)
@@ -103,7 +95,7 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
     corpus, plan = memory.corpus, memory.plan
     placements = list(dict.fromkeys(r.cell.run.placement for r in results))
     status = pd.Series([r.status for r in results]).value_counts().to_dict()
-    failed = [f"{r.cell.run.placement} seed {r.cell.run.seed}: {r.status}" for r in results if r.status != "finished"]
+    failed = [f"{r.cell.run.placement} seed {r.cell.run.seed}: {r.status}" for r in results if r.status != RunStatus.FINISHED]
     example = memory.results[0].cell
     optimum = math.exp(corpus.entropy_rate) if corpus.entropy_rate is not None else None
     config = {
@@ -156,43 +148,42 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
         methods.append("Runs that did not finish (left out of every statistic): " + "; ".join(failed) + ".")
     runtime = sum(r.result.seconds for r in results if r.result is not None)
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
-    lags = planted_lags(df)
-    fit_metrics, memory_metrics = study_metrics(lags, study.short_lag, study.long_lag)
-    tests = two_reference_tests(df, _present(regime_rows(df, REGULARISATION), fit_metrics),
-                                _present(regime_rows(df, MEMORY), memory_metrics), fit_reference=reference)
-    checks = validity_checks(df, optimum_ppl=optimum)
-    answer_cols = answer_columns(lags, study.short_lag)
+    design = placement_design(planted_lags(df), study.short_lag, study.long_lag, fit_reference=reference)
+    tests = run_tests(df, design)
+    checks = validity_checks(df, optimum_ppl=optimum, alpha=design.alpha, test=design.test)
     styles = placement_styles(df["placement"].unique())
-    lead = [forest_figure(tests, [c.metric.name for c in answer_cols], styles)]
+    lead = [tradeoff_figure(tests, design, learned_lags(checks), styles),
+            forest_figure(tests, [c.metric.name for c in design.answer], styles)]
+    lags = list(design.lags)
     dose_panels = [("test_ppl", None, None, "test perplexity (lower is better)")]
     dose_panels += [("recall_accuracy", k, "eval", f"recall at lag {k}") for k in lags]
     dose_panels += [("influence_kl_eval_half_life", None, "eval", "influence half-life (tokens)")]
     dose = dose_figure(regime_rows(df, MEMORY), dose_panels, styles)
     if dose is not None:
         lead.append(dose)
-    return render_report(
-        path, title=f"Memory decay under dropout placements: {_title_corpus(regimes)}", question=QUESTION, config=config,
-        placements=placements, tidy=df, tests=tests, summary=report_text.summarize(tests), environment=env,
-        figures=standard_figures(regime_rows(df, MEMORY), optimum), methods=methods,
-        headline=headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag),
-        checks=checks, answer=answer_table(df, tests, answer_cols, reference), lead_figures=lead,
-        claims=claim_verdicts(tests, checks, placements),
-    )
+    replication = None
+    if replicate is not None:
+        name, other = replicate
+        replication = replication_table(tests, run_tests(other, design), this_seeds=_seeds(df),
+                                        other_seeds=_seeds(other), other_name=name)
+        print_replication(replication)
+    return render_report(path, Report(
+        title=f"Memory decay under dropout placements: {_title_corpus(regimes)}", question=QUESTION, config=config,
+        placements=placements, tidy=df, tests=tests, summary=report_text.summarize(tests, alpha=design.alpha),
+        environment=env, figures=standard_figures(regime_rows(df, MEMORY), optimum), methods=methods,
+        headline=headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag,
+                          alpha=design.alpha),
+        checks=checks, answer=answer_table(df, tests, design.answer, reference), lead_figures=lead,
+        claims=claim_verdicts(tests, checks, placements), alpha=design.alpha, replication=replication,
+    ))
 
 
-def _present(df: pd.DataFrame, metrics: list[compare.Metric]) -> list[compare.Metric]:
-    """The metrics this study measured (a real corpus has no recall; a short max_lag no long lag)."""
-    out = []
-    for m in metrics:
-        try:
-            if len(compare.metric_values(df, m)):
-                out.append(m)
-        except ValueError:
-            continue
-    return out
+def _seeds(df: pd.DataFrame) -> str:
+    return ", ".join(str(s) for s in sorted(int(x) for x in df["seed"].unique()))
 
 
-def report_capacity(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none") -> Path:
+def report_capacity(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none",
+                    replicate=None) -> Path:
     """The capacity preset's report: each dropout model's equivalent size without dropout, per measure."""
     (group,) = regimes
     df = regime_table(regimes)
@@ -228,12 +219,12 @@ def report_capacity(regimes: list[Regime], study: StudyPreset, path: Path, args,
     ]
     env = collect_environment(**{"jobs": str(args.jobs)})
     tables = [capacity.capacity_table(eqs, measures, vocab, size, layers), capacity.ladder_table(df, vocab, layers)]
-    return render_report(
-        path, title=f"Dropout against a smaller model: {group.plan.corpus}", question=CAPACITY_QUESTION,
+    return render_report(path, Report(
+        title=f"Dropout against a smaller model: {_title_corpus(regimes)}", question=CAPACITY_QUESTION,
         config=config, placements=placements_of(df), tidy=df, tests=pd.DataFrame(columns=compare.TEST_COLUMNS),
-        summary=[], environment=env, figures=[], methods=methods, headline=capacity.sentences(eqs),
+        environment=env, methods=methods, headline=capacity.sentences(eqs),
         lead_figures=[capacity.capacity_figure(df, measures, eqs, size)], tables=tables,
-    )
+    ))
 
 
 CAPACITY_QUESTION = (

@@ -37,9 +37,9 @@ from probe.runs.grid import run_grid
 from probe.runs.cells import Cell, CellResult
 from probe.runs.ray_executor import ClusterError
 from probe.placements import PlacementError, parse_placement
-from probe.report.html import collect_environment, render_report
+from probe.report.html import Report, collect_environment, render_report
 from probe.runs.config import PRESETS as TRAIN_PRESETS
-from probe.runs.config import preset
+from probe.runs.config import RunStatus, preset
 from studies.cli import (add_grid_options, failure_summary, finish_grid_options, preflight, preflight_folders,
                         report_failures, run_interruptible)
 
@@ -118,7 +118,7 @@ def summary(tidy: pd.DataFrame, results: list[tuple[str, CellResult]], substitut
                              f"{report_text.fmt(ci.high)}], n = {ci.n}) against the paper's {paper}")
             sentences.append(f"{label}: " + "; ".join(parts) + ".")
     diverged = [f"{group_label(s, r.cell.run.placement)} seed {r.cell.run.seed} ({r.status})"
-                for s, r in results if r.status != "finished"]
+                for s, r in results if r.status != RunStatus.FINISHED]
     if diverged:
         sentences.append("Runs that did not finish, left out of every number: " + ", ".join(diverged) + ".")
     return sentences
@@ -142,7 +142,7 @@ def run_study(args) -> tuple[Path | None, int, int]:
                        progress=not args.no_progress, executor=args.executor, address=args.address)
     failed = report_failures(results)
     path = Path(args.out) / "zaremba.html"
-    if not any(r.status == "finished" for r in results):
+    if not any(r.status == RunStatus.FINISHED for r in results):
         print(f"no run finished, so {path} was not written" + (" (the existing report is kept)" if path.exists() else ""),
               file=sys.stderr)
         return None, failed, len(results)
@@ -168,12 +168,12 @@ def run_study(args) -> tuple[Path | None, int, int]:
     ]
     placements = list(dict.fromkeys(r.cell.run.placement for _, r in paired))
     env = collect_environment(jobs=str(args.jobs))
-    report = render_report(
-        path, title=title, question=QUESTION, config=config, placements=placements,
+    report = render_report(path, Report(
+        title=title, question=QUESTION, config=config, placements=placements,
         tidy=tidy, tests=pd.DataFrame(columns=compare.TEST_COLUMNS), summary=summary(tidy, paired, substitute, args.corpus),
         environment=env, figures=[f for f in standard_figures(tidy) if f.key in ("perplexity", "training")],
         methods=methods,
-    )
+    ))
     return report, failed, len(results)
 
 

@@ -18,6 +18,13 @@ STUDY = [sys.executable, "-m", "studies.memory_decay", "--preset", "smoke", "--n
          "--placements", "none", "zaremba:p=0.25", "naive:p=0.25,rec=0.25"]
 
 
+def sigint_default() -> None:
+    """Run in the child before exec: SIGINT at its default. A job started in the background (``nohup ... &``)
+    inherits SIGINT as ignored, exec keeps it ignored, and Python then installs no KeyboardInterrupt handler,
+    so the study would never see the signal these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def children(pid: int) -> set[int]:
     """Every descendant of ``pid`` (from /proc)."""
     parent_of = {}
@@ -60,7 +67,8 @@ def finished_runs(runs: Path) -> int:
 def test_a_signalled_study_stops_its_workers_says_one_line_and_resumes(tmp_path, signum, code):
     runs, out = tmp_path / "runs", tmp_path / "out"
     proc = subprocess.Popen([*STUDY, "--runs-dir", str(runs), "--out", str(out)], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=sigint_default)
     try:
         assert wait_for(lambda: len(children(proc.pid)) >= 2 and finished_runs(runs) >= 1, 120), "no worker started"
         workers = children(proc.pid)
@@ -95,7 +103,7 @@ def test_probe_train_stops_with_one_line(tmp_path, signum, code):
     args = [sys.executable, "-m", "probe.train", "--preset", "tiny", "--epochs", "50", "--runs-dir", str(runs),
             "--corpus", "synthetic:vocab=8,train=20000,valid=2000,test=2000", "--no-progress"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=sigint_default)
     try:
         assert wait_for(lambda: any(runs.glob("*/checkpoint.pt")), 120), "no epoch finished"
         os.killpg(proc.pid, signum)

@@ -33,7 +33,7 @@ from probe.placements import (
 
 T, B, H, EMB, VOCAB = 6, 4, 5, 7, 13
 
-# DESIGN.md's placement table: site -> scope for every placement (defaults).
+# The placement table (each placement's sites and scopes by default, as probe.placements documents them).
 DESIGN_TABLE = {
     "none": {},
     "zaremba": {Site.INPUT: Scope.STEP, Site.OUTPUT: Scope.STEP},
@@ -487,7 +487,7 @@ def test_zoneout_masks_land_in_their_own_fields():
 
 
 def test_sequence_masks_are_constant_over_time(monkeypatch):
-    """Variational masks are tied across time, not across the batch (REFERENCES.md, pitfalls)."""
+    """Variational masks are tied across time, not across the batch (a pitfall others hit: masks tied across the batch instead of across time)."""
     x = _layer0_input(monkeypatch, "variational:p=0.5,rec=0.3", T=7, B=5)
     for t in range(1, x.shape[0]):
         assert torch.equal(x[t], x[0])

@@ -1,7 +1,7 @@
 """kernels: the reference recurrence against torch.nn.LSTM and the loop spec; oneDNN GEMMs; input checks.
 
-``lstm_layer_loop`` is the spec (DESIGN.md writes its equations out);
-``lstm_layer_reference`` is the fast whole-sequence autograd Function every
+``lstm_layer_loop`` is the spec (docs/recurrence.md writes its equations out);
+``lstm_layer_compiled`` is the fast whole-sequence autograd Function every
 CPU run uses. Without masks both must be ``torch.nn.LSTM``; with masks the
 fast one must be the spec, forward and backward.
 """
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import kernels.reference
 from kernels import cpu_ext
 from kernels import MASK_NAMES, RecurrentMasks, gemm, lstm_layer, lstm_layer_from_input
-from kernels.reference import lstm_layer_loop, lstm_layer_reference
+from kernels.reference import lstm_layer_loop, lstm_layer_compiled
 
 ZONEOUT = ("zoneout_h", "zoneout_c")
 
@@ -81,7 +81,7 @@ def assert_same_function(fn_a, fn_b, inputs, tol):
 
 
 def reference(masks):
-    return lambda gx, h0, c0, w: lstm_layer_reference(gx, h0, c0, w, masks)
+    return lambda gx, h0, c0, w: lstm_layer_compiled(gx, h0, c0, w, masks)
 
 
 def loop(masks):
@@ -196,7 +196,7 @@ def test_reference_handles_outputs_that_take_no_gradient():
     T, B, H = 4, 2, 3
     gx, h0, c0, w = make_inputs(T, B, H)
     masks = RecurrentMasks(recurrent=make_mask("recurrent", "step", T, B, H))
-    got = torch.autograd.grad(lstm_layer_reference(gx, h0, c0, w, masks)[0].sum(), [gx, h0, c0, w])
+    got = torch.autograd.grad(lstm_layer_compiled(gx, h0, c0, w, masks)[0].sum(), [gx, h0, c0, w])
     want = torch.autograd.grad(lstm_layer_loop(gx, h0, c0, w, masks)[0].sum(), [gx, h0, c0, w])
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, **TOL[torch.float64])

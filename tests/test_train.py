@@ -356,7 +356,7 @@ def test_lr_schedule_follows_zaremba():
     assert large.lr_at(55) == pytest.approx(1 / 1.15**41)
 
 
-# REFERENCES.md, Zaremba et al. 2014: layers x units, dropout, init, decay, decay after, epochs, clip, BPTT.
+# Zaremba, Sutskever & Vinyals 2014, Table 1: layers x units, dropout, init, decay, decay after, epochs, clip, BPTT.
 ZAREMBA_TABLE = {
     "small": (2, 200, 0.0, 0.1, 2.0, 4, 13, 5.0, 20),
     "medium": (2, 650, 0.5, 0.05, 1.2, 6, 39, 5.0, 35),

@@ -323,8 +323,8 @@ def test_forward_without_grad_saves_nothing_and_agrees():
 def test_auto_backend_picks_the_reference_on_cpu(monkeypatch):
     called = []
     monkeypatch.setattr(triton_lstm, "lstm_layer_triton", lambda *a, **k: called.append("triton"))
-    real = kernels.layer.lstm_layer_reference
-    monkeypatch.setattr(kernels.layer, "lstm_layer_reference", lambda *a: called.append("reference") or real(*a))
+    real = kernels.layer.lstm_layer_compiled
+    monkeypatch.setattr(kernels.layer, "lstm_layer_compiled", lambda *a: called.append("reference") or real(*a))
     lstm_layer(*[x.detach() for x in make_inputs(2, 2, 8)], backend="auto")
     assert called == ["reference"]
 

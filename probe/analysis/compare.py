@@ -88,7 +88,7 @@ def metric_values(tidy: pd.DataFrame, metric: str | Metric) -> pd.DataFrame:
 
 
 TEST_COLUMNS = [
-    "metric", "label", "unit", "measure", "x", "higher_is_better", "reference", "placement",
+    "metric", "label", "unit", "measure", "x", "mode", "higher_is_better", "reference", "placement",
     "n_ref", "n", "mean_ref", "mean", "diff", "ci_low", "ci_high", "t", "df", "p_welch", "p_perm",
     "p_holm", "p_holm_welch", "holm_family", "hedges_g", "prob_improvement", "min_p", "warning",
 ]
@@ -133,7 +133,8 @@ def test_against_reference(
                         confidence=confidence, alpha=alpha, seed=seed)
             rows.append({
                 "metric": m.name, "label": m.description, "unit": m.units, "measure": m.measure,
-                "x": math.nan if m.x is None else float(m.x), "higher_is_better": m.better_is_higher,
+                "x": math.nan if m.x is None else float(m.x), "mode": m.mode or "",
+                "higher_is_better": m.better_is_higher,
                 "reference": ref_label, "placement": placement, **c._asdict(),
             })
             raw = np.concatenate([by_placement[placement], ref]).astype(float)
@@ -176,7 +177,8 @@ def _pairs(labels, reference: str | Mapping[str, str]) -> list[tuple[str, str]]:
 
 def reference_label(labels, reference: str) -> str | None:
     """The label in ``labels`` that names ``reference``: the same string, the same canonical spec
-    (``zaremba`` is ``zaremba:p=0.5``), or the only label with that placement name; else None."""
+    (``zaremba`` is ``zaremba:p=0.5``), or, for a bare name (``zaremba``), the only label with that
+    placement name; else None. The one reference resolver of the project."""
     from probe.placements import PlacementError, parse_placement, placement_name
 
     labels = [str(x) for x in labels]
@@ -193,7 +195,7 @@ def reference_label(labels, reference: str) -> str | None:
     same = [x for x in labels if want is not None and canonical(x) == want]
     if len(same) == 1:
         return same[0]
-    name = placement_name(reference)
+    name = placement_name(reference) if ":" not in reference else None
     named = [x for x in labels if name is not None and placement_name(x) == name]
     return named[0] if len(named) == 1 else None
 

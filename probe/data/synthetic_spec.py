@@ -61,6 +61,13 @@ class SyntheticSpec:
         ]
         return "synthetic" + (":" + ",".join(items) if items else "")
 
+    def title(self) -> str:
+        """How a report's title names the language: "synthetic language (16 tokens, copies 3, 8 and 20 back)"."""
+        lags = [str(k) for k in self.lags]
+        listed = lags[0] if len(lags) == 1 else ", ".join(lags[:-1]) + " and " + lags[-1]
+        kind = "marked copies" if self.marked else "copies"
+        return f"synthetic language ({self.vocab_size} tokens, {kind} {listed} back)"
+
     def describe(self) -> str:
         """Every parameter, for notes and reports."""
         return ", ".join(f"{_KEY_OF[k]}={_format(v)}" for k, v in asdict(self).items())

@@ -217,7 +217,7 @@ def headline(labels, ppls, df, config: MeasureConfig, corpus_names) -> list[str]
 
 def write_report(out: Path, labels, loaded: list[Loaded], frames, ppls, config: MeasureConfig, args, seconds) -> Path:
     from probe.report.figures import standard_figures
-    from probe.report.html import collect_environment, render_report
+    from probe.report.html import Report, collect_environment, render_report
     from probe.analysis.compare import TEST_COLUMNS
 
     df = pd.concat(frames, ignore_index=True)
@@ -261,14 +261,14 @@ def write_report(out: Path, labels, loaded: list[Loaded], frames, ppls, config: 
     env = collect_environment(**{"measurement time, all models (s)": f"{seconds:.1f}"})
     title = (f"Memory of a trained model: {labels[0]}" if len(labels) == 1
              else f"Memory of {len(labels)} trained models: {', '.join(labels)}")
-    return render_report(
-        out / "measure.html", title=title, question=QUESTION, config=config_section, placements=labels, tidy=df,
+    return render_report(out / "measure.html", Report(
+        title=title, question=QUESTION, config=config_section, placements=labels, tidy=df,
         tests=pd.DataFrame(columns=TEST_COLUMNS),
         summary=["No comparisons were tested: " + NO_TESTS[0].lower() + NO_TESTS[1:]],
         environment=env, figures=standard_figures(df, optimum), methods=methods,
         headline=headline(labels, ppls, df, config, [m.corpus.label for m in loaded]),
         placement_specs={label: m.model.placement.spec for label, m in zip(labels, loaded)},
-    )
+    ))
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 Statistics (which way is better), figures (axis labels, log scales, noise
 floors) and the report (table headers, sentences) all read this table, so a
 measure is described once. Producers: ``probe.measure`` (every measurement)
-and ``probe.runs.train.result_rows`` (perplexities and training curves).
+and ``probe.runs.cells.training_rows`` (perplexities and training curves).
 ``tests/test_measure_names.py`` fails when a producer emits a name missing
 here, or when a name here is emitted by no producer.
 

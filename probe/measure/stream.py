@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from probe.data.corpus import batchify
 from probe.model.language_model import LanguageModel, LayerMasks, ModelMasks, State
-from kernels import RecurrentMasks, linear
+from kernels import linear
 from kernels.reference import lstm_step
 
 
@@ -241,6 +241,6 @@ def repeat_masks(masks: ModelMasks, copies: int) -> ModelMasks:
         return m.repeat_interleave(copies, dim=1 if m.dim() == 3 else 0)
 
     layers = [
-        LayerMasks(rep(lm.input), lm.weight, RecurrentMasks(*(rep(m) for m in lm.recurrent))) for lm in masks.layers
+        LayerMasks(rep(lm.input), lm.weight, lm.recurrent.map(rep)) for lm in masks.layers
     ]
     return ModelMasks(masks.embedding, layers, rep(masks.output))

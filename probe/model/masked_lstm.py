@@ -42,7 +42,7 @@ from kernels import RecurrentMasks, canonical_backend, lstm_layer_from_input
 
 from probe.placements import RECURRENT_SITES, Placement, Site, dropout_mask, parse_placement, site_mask
 
-__all__ = ["LSTMMasks", "LayerMasks", "MaskedLSTM", "apply_mask", "masked_lstm_layer", "placement_with_rates", "sample_layer_masks"]
+__all__ = ["LSTMMasks", "LayerMasks", "MaskedLSTM", "apply_mask", "masked_lstm_layer", "sample_layer_masks"]
 
 
 @dataclass
@@ -95,9 +95,9 @@ def sample_layer_masks(
     weight = None
     if training and placement.active(Site.WEIGHT):
         weight = dropout_mask((4 * hidden_size, hidden_size), placement.rate(Site.WEIGHT), generator, **kw)
-    rec = RecurrentMasks(
-        *(site_mask(placement, s, T, B, hidden_size, generator, training=training, **kw) for s in RECURRENT_SITES)
-    )
+    # Sampled in RECURRENT_SITES' order (a seed's masks depend on it), stored by site name.
+    rec = RecurrentMasks(**{s.value: site_mask(placement, s, T, B, hidden_size, generator, training=training, **kw)
+                            for s in RECURRENT_SITES})
     inp = site_mask(placement, Site.INPUT, T, B, input_size, generator, training=training, **kw)
     return LayerMasks(inp, weight, rec)
 
@@ -125,11 +125,6 @@ def masked_lstm_layer(
     w = w_hh if masks.weight is None else w_hh * masks.weight
     run = lstm_layer_from_input if recurrence is None else recurrence
     return run(apply_mask(x, masks.input), w_ih, bias, h0, c0, w, masks=masks.recurrent, backend=backend)
-
-
-def placement_with_rates(placement: str | Placement, rates: dict) -> Placement:
-    """``placement`` with the keyword rates merged into its spec (``probe.placements.parse_placement``)."""
-    return parse_placement(placement, **rates)
 
 
 def _between_mask(shape, p: float, generator, *, dtype, device) -> torch.Tensor:
@@ -198,7 +193,7 @@ class MaskedLSTM(nn.Module):
                 stacklevel=2,
             )
         backend = canonical_backend(backend)
-        pl = placement_with_rates(placement, rates)
+        pl = parse_placement(placement, **rates)
         if pl.active(Site.EMBEDDING):
             raise ValueError(
                 f"placement {pl.spec!r} puts rate {pl.rate(Site.EMBEDDING):g} on the 'embedding' site, which MaskedLSTM "

@@ -12,56 +12,53 @@ table; nothing is claimed that a failed check rules out.
 copy above chance at each planted lag, the marked source's influence on its
 copy at the longest lag and the share of influence kept under training masks
 (each against the placement's memory reference, in the memory regime), each
-as mean [interval] with a mark where it differs significantly from the
-reference its column names.
+as mean [interval] with a mark where its verdict (``probe.analysis.verdicts``)
+is a significant difference from the reference its column names, and a
+second mark where one seed decides that verdict (fragile).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from probe.analysis import compare, inference
-from probe.analysis.regimes import MEMORY, REGULARISATION, regime_label, regime_rows
-from probe.report.text import fmt, fmt_p, is_better, unreachable
-from probe.report.validity import Check
-
-
-@dataclass(frozen=True)
-class AnswerColumn:
-    """One column of the answer table: a tested metric and how its header reads."""
-
-    metric: compare.Metric
-    header: str
-    regime: str = REGULARISATION  # whose rows it reads (in a study of two regimes)
-    against: str = "none"  # the reference its marks are against, as the header says it
+from probe.analysis.design import MEMORY_REFERENCE, AnswerColumn, StudyDesign, answer_columns  # noqa: F401
+from probe.analysis.regimes import regime_label, regime_rows
+from probe.analysis.verdicts import Verdict
+from probe.placements import readable
+from probe.report.text import deciding_p, deciding_test, fmt, fmt_p, unreachable
+from probe.report.validity import Check, learned_lags
 
 
 def _rows(tests: pd.DataFrame, measure: str, x: float | None = None, mode: str | None = None) -> pd.DataFrame:
     sel = tests[tests["measure"] == measure]
     if x is not None:
         sel = sel[np.isclose(sel["x"].astype(float), x)]
-    if mode is not None and "metric" in sel:
-        sel = sel[sel["metric"].str.contains(f"[{mode}]", regex=False)]
+    if mode is not None:
+        sel = sel[sel["mode"] == mode]
     return sel
 
 
 def _names(rows: pd.DataFrame) -> str:
-    return ", ".join(str(p) for p in rows["placement"])
+    return ", ".join(readable(p) for p in rows["placement"])
 
 
-def _significant(rows: pd.DataFrame, alpha: float, better: bool) -> pd.DataFrame:
+def _with(verdict: Verdict, rows: pd.DataFrame, *, fragile: bool) -> pd.DataFrame:
+    """The rows with ``verdict`` that one seed decides (``fragile``) or that none does."""
     if rows.empty:
         return rows
-    good = rows.apply(is_better, axis=1).astype(bool)
-    return rows[(rows["p_holm"] < alpha) & (good if better else ~good)]
+    return rows[(rows["verdict"] == verdict.value) & (rows["fragile"].astype(bool) == fragile)]
+
+
+def _fragile_clause(rows: pd.DataFrame) -> str:
+    return f" (fragile, one seed left out changes it: {_names(rows)})" if len(rows) else ""
 
 
 def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: list[int],
              short_lag: int | None = None, alpha: float = 0.05) -> list[str]:
-    """At most six sentences answering the question from the tests and checks (see the module docstring)."""
+    """At most six sentences answering the question from the tests and checks (see the module docstring).
+    A verdict one seed decides (``fragile``) is never stated as settled: it is named as fragile."""
     failed = [c for c in checks if c.passed is False]
     unknown = [c for c in checks if c.passed is None]
     sentences = []
@@ -76,45 +73,57 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
     else:
         sentences.append("Some validity checks could not be computed from these runs: "
                          + ", ".join(c.title.lower() for c in unknown) + ".")
+    by = deciding_test(tests)
     ppl = _rows(tests, "test_ppl")
     if len(ppl):
-        better = _significant(ppl, alpha, True).sort_values("mean")
-        worse = _significant(ppl, alpha, False)
+        better = _with(Verdict.BETTER, ppl, fragile=False).sort_values("mean")
+        worse = _with(Verdict.WORSE, ppl, fragile=False)
         if len(better):
             best = better.iloc[0]
-            text = (f"Against {reference}, test perplexity is significantly lower with {_names(better)} (best: "
-                    f"{best['placement']}, {fmt(best['mean'], 4)} vs {fmt(best['mean_ref'], 4)}, Holm p = "
-                    f"{fmt_p(best['p_holm'])})")
+            text = (f"Against {readable(reference)}, test perplexity is significantly lower with {_names(better)} "
+                    f"(best: {readable(best['placement'])}, {fmt(best['mean'], 4)} vs {fmt(best['mean_ref'], 4)}, "
+                    f"{by} p = {fmt_p(deciding_p(best))})")
         else:
-            text = f"No placement has a significantly lower test perplexity than {reference}"
+            text = f"No placement has a settled lower test perplexity than {readable(reference)}"
+        text += _fragile_clause(_with(Verdict.BETTER, ppl, fragile=True))
         if len(worse):
             text += f"; it is significantly higher with {_names(worse)}"
+        text += _fragile_clause(_with(Verdict.WORSE, ppl, fragile=True))
         sentences.append(text + ".")
     if lags:
-        memory = [c for c in checks if c.key == "memory_learned"]
-        learned = [k for k in lags if all(k in c.values.get("learned_lags", lags) for c in memory)]
+        learned = [k for k in lags if k in learned_lags(checks)]
         unlearned = [k for k in lags if k not in learned]
         measure = "copy_logprob" if len(_rows(tests, "copy_logprob")) else "recall_accuracy"
         what = "the planted copy's log-probability" if measure == "copy_logprob" else "recall of planted copies"
         lost_at: dict[str, list[int]] = {}
+        shaky: dict[str, list[int]] = {}
         refs: dict[str, str] = {}
         for lag in learned:
-            for _, r in _significant(_rows(tests, measure, lag), alpha, False).iterrows():
+            rows = _rows(tests, measure, lag)
+            for _, r in _with(Verdict.WORSE, rows, fragile=False).iterrows():
                 lost_at.setdefault(str(r["placement"]), []).append(lag)
+            for _, r in _with(Verdict.WORSE, rows, fragile=True).iterrows():
+                shaky.setdefault(str(r["placement"]), []).append(lag)
         for _, r in _rows(tests, measure).iterrows():
             refs[str(r["placement"])] = str(r["reference"])
         placements = [str(p) for p in compare.registry_order(refs)]
-        kept = [p for p in placements if p not in lost_at]
+        kept = [p for p in placements if p not in lost_at and p not in shaky]
         parts = []
         if placements and learned:
             listed = ", ".join(map(str, learned))
             where = f"at any planted lag ({listed})" if not unlearned else f"at lag {listed}"
             if kept:
                 parts.append(f"against each placement's memory reference (zaremba at its rate; zaremba against "
-                             f"none), {what} is not significantly lower {where} with {', '.join(kept)}")
+                             f"none), {what} is not significantly lower {where} with "
+                             f"{', '.join(readable(p) for p in kept)}")
             if lost_at:
                 parts.append("it is significantly lower at " + "; ".join(
-                    f"lag {', '.join(map(str, v))} with {p} (vs {refs[p]})" for p, v in lost_at.items()))
+                    f"lag {', '.join(map(str, v))} with {readable(p)} (vs {readable(refs[p])})"
+                    for p, v in lost_at.items()))
+            if shaky:
+                parts.append("one seed decides a loss at " + "; ".join(
+                    f"lag {', '.join(map(str, v))} with {readable(p)}" for p, v in shaky.items())
+                    + " (fragile, not settled)")
         if unlearned:
             parts.append(f"at lag {', '.join(map(str, unlearned))} the memory reference did not learn its "
                          f"copies, so no placement is said to lose memory there")
@@ -123,45 +132,31 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
             sentences.append(text[:1].upper() + text[1:] + ".")
     if short_lag is not None:
         retained = _rows(tests, "influence_kl_retained", short_lag)
-        lost = _significant(retained, alpha, False).sort_values("mean")
+        lost = _with(Verdict.WORSE, retained, fragile=False).sort_values("mean")
         if len(lost):
             worst = lost.iloc[0]
             sentences.append(
                 f"Under their own training masks, {_names(lost)} keep significantly less of their lag-{short_lag} "
-                f"influence than their memory references (lowest: {worst['placement']}, {fmt(100 * worst['mean'], 3)}% "
-                f"vs {worst['reference']}'s {fmt(100 * worst['mean_ref'], 3)}%).")
-    undecided = tests[~(tests["p_holm"] < alpha)]
-    blocked = tests[unreachable(tests, alpha)] if len(tests) else tests
-    if len(blocked):
-        sentences.append(f"{len(blocked)} of {len(tests)} comparisons cannot reach significance at this number of "
-                         f"seeds; they are estimates, not findings.")
-    elif len(tests):
-        sentences.append(f"{len(undecided)} of {len(tests)} comparisons are not distinguishable from their "
-                         f"references at α = {alpha:g} after Holm correction (listed below).")
+                f"influence than their memory references (lowest: {readable(worst['placement'])}, "
+                f"{fmt(100 * worst['mean'], 3)}% vs {readable(worst['reference'])}'s "
+                f"{fmt(100 * worst['mean_ref'], 3)}%).")
+    if len(tests):
+        undecided = tests[tests["verdict"] == Verdict.NOT_DISTINGUISHABLE.value]
+        fragile = tests[tests["fragile"].astype(bool)]
+        blocked = tests[unreachable(tests, alpha)]
+        if len(blocked):
+            sentences.append(f"{len(blocked)} of {len(tests)} comparisons cannot reach significance at this number "
+                             f"of seeds; they are estimates, not findings.")
+        else:
+            sentences.append(f"{len(undecided)} of {len(tests)} comparisons are not distinguishable from their "
+                             f"references at α = {alpha:g} after Holm correction, and {len(fragile)} are fragile "
+                             f"(one seed left out changes the verdict; listed below).")
     return sentences[:6]
 
 
-MEMORY_REFERENCE = "zaremba at its rate"
-
-
-def answer_columns(lags: list[int], short_lag: int | None) -> list[AnswerColumn]:
-    """Regularisation against none, then memory cost against the memory reference."""
-    columns = [AnswerColumn(compare.Metric("test_ppl"), "test perplexity", REGULARISATION, "none")]
-    columns += [AnswerColumn(compare.Metric("copy_logprob", x=k, mode="eval"), f"copy log-prob above chance, lag {k}",
-                             MEMORY, MEMORY_REFERENCE) for k in lags]
-    if lags:
-        columns.append(AnswerColumn(compare.Metric("source_influence", x=max(lags), mode="eval"),
-                                    f"source influence on the copy, lag {max(lags)}", MEMORY, MEMORY_REFERENCE))
-    if short_lag is not None:
-        columns.append(AnswerColumn(compare.Metric("influence_kl_retained", x=short_lag, mode="train"),
-                                    f"influence kept under masks, lag {short_lag}", MEMORY, MEMORY_REFERENCE))
-    return columns
-
-
-def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerColumn], reference: str,
-                 *, alpha: float = 0.05) -> dict:
-    """{"headers": [...], "rows": [{"placement", "cells": [{mean, low, high, n, mark, p}]}]}; marks: "▲"/"▼"
-    where the placement is significantly better/worse than the reference (Holm-corrected permutation test)."""
+def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns, reference: str) -> dict:
+    """{"headers": [...], "rows": [{"placement", "cells": [{mean, low, high, n, mark, p, fragile}]}]}; marks:
+    "▲"/"▼" where the verdict is better/worse than the reference its column names, "?" beside a fragile one."""
     present, values = [], {}
     for col in columns:
         try:
@@ -179,14 +174,15 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns: list[AnswerCo
             t = tests[(tests["metric"] == col.metric.name) & (tests["placement"] == placement)]
             if "regime" in t.columns:
                 t = t[t["regime"] == regime_label(tidy, col.regime)]
-            mark, p = "", None
+            mark, p, fragile = "", None, False
             if len(t):
                 r = t.iloc[0]
-                p = r["p_holm"]
-                if r["p_holm"] < alpha:
-                    mark = "▲" if is_better(r) else "▼"
-            cells.append({"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "mark": mark, "p": p})
+                p, fragile = deciding_p(r), bool(r["fragile"])
+                mark = {Verdict.BETTER.value: "▲", Verdict.WORSE.value: "▼"}.get(str(r["verdict"]), "")
+            cells.append({"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "mark": mark, "p": p,
+                          "fragile": fragile})
         rows.append({"placement": placement, "reference": placement == reference, "cells": cells})
     return {"headers": [c.header for c in present], "rows": rows,
             "against": [c.against for c in present],
-            "regimes": [regime_label(tidy, c.regime) for c in present]}
+            "regimes": [regime_label(tidy, c.regime) for c in present],
+            "test": deciding_test(tests)}

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from probe.placements import placement_name
-from probe.report.text import fmt, fmt_p, is_better
-from probe.report.validity import Check
+from probe.analysis.verdicts import Verdict
+from probe.placements import readable
+from probe.report.text import deciding_p, deciding_test, fmt, fmt_p
+from probe.report.validity import Check, learned_lags
 
 REGULARISES, COSTS_MEMORY, KEEPS_MEMORY = "regularises", "costs memory", "keeps memory"
 
@@ -58,23 +60,22 @@ def _test_rows(tests: pd.DataFrame, measure: str, placement: str, lags: list[int
     return rows
 
 
-def _significant(rows: pd.DataFrame, alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(significantly better, significantly worse) rows."""
-    sig = rows[rows["p_holm"] < alpha]
-    good = sig.apply(is_better, axis=1).astype(bool) if len(sig) else pd.Series([], dtype=bool, index=sig.index)
-    return sig[good], sig[~good]
+def _significant(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(significantly better, significantly worse) rows, by their verdicts."""
+    return rows[rows["verdict"] == Verdict.BETTER.value], rows[rows["verdict"] == Verdict.WORSE.value]
 
 
 def _describe(r) -> str:
-    return (f"{r['label']}: {fmt(r['mean'], 3)} vs {r['reference']} {fmt(r['mean_ref'], 3)}, "
-            f"Holm p = {fmt_p(r['p_holm'])}")
+    return (f"{r['label']}: {fmt(r['mean'], 3)} vs {readable(r['reference'])} {fmt(r['mean_ref'], 3)}, "
+            f"{deciding_test(pd.DataFrame([r]))} p = {fmt_p(deciding_p(r))}"
+            + (" (fragile: one seed left out changes this verdict)" if r["fragile"] else ""))
 
 
-def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements, *, alpha: float = 0.05) -> list[dict]:
-    """One row per claim: placement (the label tested), source, claim, verdict and the test behind it."""
+def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list[dict]:
+    """One row per claim: placement (the label tested), source, claim, verdict, the test behind it and
+    whether one seed decides that test (``fragile``)."""
     passed = {c.key: c.passed for c in checks}
-    memory = [c for c in checks if c.key == "memory_learned"]
-    learned = sorted(set.intersection(*[set(c.values.get("learned_lags", [])) for c in memory])) if memory else []
+    learned = learned_lags(checks)
     labels = {placement_name(p): str(p) for p in placements if placement_name(p) is not None}
     out = []
     for claim in CLAIMS:
@@ -82,36 +83,40 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements, *, alph
                "claim": claim.claim}
         label = labels.get(claim.placement)
         if label is None:
-            out.append(row | {"verdict": "not testable here", "test": "this placement was not run"})
+            out.append(row | {"verdict": "not testable here", "test": "this placement was not run", "fragile": False})
             continue
         if claim.kind == REGULARISES:
             if passed.get("overfits") is not True:
-                out.append(row | {"verdict": "not testable here",
+                out.append(row | {"verdict": "not testable here", "fragile": False,
                                   "test": "without dropout the model does not overfit, so nothing is regularised"})
                 continue
             rows = _test_rows(tests, "test_ppl", label)
-            better, worse = _significant(rows, alpha)
+            better, worse = _significant(rows)
             verdict = "supported" if len(better) else "contradicted" if len(worse) else "not shown"
             test = _describe(rows.iloc[0]) if len(rows) else "no test perplexity test"
-            out.append(row | {"verdict": verdict if len(rows) else "not testable here", "test": test})
+            out.append(row | {"verdict": verdict if len(rows) else "not testable here", "test": test,
+                              "fragile": bool(len(rows) and rows["fragile"].astype(bool).any())})
             continue
         if not learned:
-            out.append(row | {"verdict": "not testable here",
+            out.append(row | {"verdict": "not testable here", "fragile": False,
                               "test": "the memory reference did not learn the planted copies at any lag"})
             continue
         rows = _test_rows(tests, "copy_logprob", label, learned)
         if rows.empty:
             rows = _test_rows(tests, "recall_accuracy", label, learned)
         if rows.empty:
-            out.append(row | {"verdict": "not testable here", "test": "no memory test of this placement"})
+            out.append(row | {"verdict": "not testable here", "test": "no memory test of this placement",
+                              "fragile": False})
             continue
-        better, worse = _significant(rows, alpha)
+        better, worse = _significant(rows)
         at = f"at learned lags {', '.join(map(str, learned))}"
         if claim.kind == COSTS_MEMORY:
             verdict = "supported" if len(worse) else "contradicted" if len(better) else "not shown"
         else:  # KEEPS_MEMORY: a significant loss at any learned lag contradicts it
             verdict = "contradicted" if len(worse) else "supported"
-        shown = worse if len(worse) else better if len(better) else rows.sort_values("p_holm")
+        shown = worse if len(worse) else better if len(better) else rows.sort_values("p_holm_welch")
         test = f"{_describe(shown.iloc[0])} ({at}; {len(worse)} of {len(rows)} significantly lower)"
-        out.append(row | {"verdict": verdict, "test": test})
+        # The verdict rests on the rows that decide it: a loss (worse), else a gain, else every lag's test.
+        deciding = worse if len(worse) else better if len(better) else rows
+        out.append(row | {"verdict": verdict, "test": test, "fragile": bool(deciding["fragile"].astype(bool).any())})
     return out

@@ -11,7 +11,8 @@ from matplotlib.ticker import MaxNLocator
 
 
 from probe.analysis import inference
-from probe.placements import PLACEMENT_NAMES
+from probe.analysis.verdicts import Verdict
+from probe.placements import PLACEMENT_NAMES, readable
 from probe.report.plotting import Figure, RC_PARAMS, Style, base_name, new_figure, ordered_placements, placement_styles, to_svg
 from probe.report.figures import draw_curve
 
@@ -19,18 +20,26 @@ from probe.report.figures import draw_curve
 # --- effects and doses ------------------------------------------------------------------
 
 
-def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Style] | None = None,
-                  alpha: float = 0.05) -> Figure:
-    """Each placement's difference from the reference with its 95% Welch interval, one panel per metric;
-    filled markers where the Holm-corrected permutation test is below ``alpha``."""
-    key, title = "forest", "Effects against the reference"
+def _panel_reference(g: pd.DataFrame) -> str:
+    """What a panel's differences are taken against: its one reference, or each placement's memory reference."""
+    refs = list(dict.fromkeys(str(r) for r in g["reference"]))
+    return readable(refs[0]) if len(refs) == 1 else "each one's memory reference"
+
+
+def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Style] | None = None) -> Figure:
+    """Each placement's difference from its reference with its 95% Welch interval, one panel per metric
+    (its title names the reference); filled markers where the verdict is a significant difference, a dashed
+    interval where that verdict is fragile."""
+    key, title = "forest", "Effects against the references"
     rows = tests[tests["metric"].isin(metrics)] if len(tests) else tests
     if rows.empty:
         return Figure(key, title, "", None, "No comparisons were run.")
-    reference = str(rows["reference"].iloc[0])
-    caption = (f"Difference from {reference} (placement minus {reference}) with its 95% Welch–Satterthwaite "
-               f"interval across seeds; filled: significant after Holm correction (permutation test, α = {alpha:g}); "
-               f"hollow: not significant. The dashed line is no difference.")
+    caption = ("Each placement's difference from the reference its panel names (placement minus reference) with "
+               "its 95% Welch–Satterthwaite interval across seeds; regularisation panels are against the model "
+               "without dropout, memory panels against each placement's memory reference (zaremba at its rate; "
+               "zaremba against none). Filled: a significant verdict after Holm correction; hollow: not "
+               "distinguishable; dashed interval: fragile (one seed left out changes the verdict). The dashed "
+               "vertical line is no difference.")
     present = [m for m in metrics if (rows["metric"] == m).any()]
     styles = styles or placement_styles(rows["placement"].unique())
     order = ordered_placements(rows["placement"].unique())
@@ -44,8 +53,9 @@ def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Sty
                     continue
                 r, style = g.loc[placement], styles[placement]
                 if np.isfinite(r["ci_low"]):
-                    ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=style.colour, lw=2)
-                filled = bool(r["p_holm"] < alpha)
+                    ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=style.colour, lw=2,
+                            ls="--" if r["fragile"] else "-")
+                filled = r["verdict"] != Verdict.NOT_DISTINGUISHABLE.value
                 ax.plot([r["diff"]], [i], marker=style.marker, markersize=6, color=style.colour,
                         markerfacecolor=style.colour if filled else "white")
             ax.axvline(0.0, color="#555555", ls="--", lw=0.9)
@@ -53,7 +63,8 @@ def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Sty
             ax.set_ylim(len(order) - 0.5, -0.5)
             first = g.iloc[0]
             better = "higher" if first["higher_is_better"] else "lower"
-            ax.set_title(textwrap.fill(f"{first['label']} ({better} is better)", 36), fontsize=9.5)
+            ax.set_title(textwrap.fill(f"{first['label']} vs {_panel_reference(g)} ({better} is better)", 40),
+                         fontsize=9.5)
             ax.set_xlabel(f"difference{' (' + first['unit'] + ')' if first['unit'] else ''}")
             ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
             if ax.get_subplotspec().colspan.start > 0:

@@ -27,6 +27,7 @@ import math
 import platform
 import subprocess
 from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,7 +39,7 @@ from probe.measure import names as measure_names
 
 from probe.report import text as report_text
 
-from probe.analysis import compare, inference
+from probe.analysis import inference
 from probe.files import write_atomic
 from probe.report.plotting import Figure, ordered_placements, placement_styles
 from probe.placements import Placement, PlacementError, describe, parse_placement
@@ -170,6 +171,7 @@ def significance_groups(tests: pd.DataFrame) -> list[dict]:
         groups.append({
             "metric": metric, "label": first["label"], "unit": first["unit"], "reference": first["reference"],
             "higher_is_better": bool(first["higher_is_better"]), "family": first["holm_family"],
+            "decided_by": first.get("decided_by", "the permutation test"),
             "rows": g.to_dict("records"),
         })
     return groups
@@ -229,41 +231,21 @@ def _git_commit() -> str:
 STATISTICAL_METHODS = (
     "Seeds are the unit of replication: rows repeated within a seed are averaged first, and every interval and "
     "test is taken across seeds. Intervals are {level} t-intervals of the mean across seeds; the interval of a "
-    "difference is Welch–Satterthwaite's. Each placement is compared with the reference placement by Welch's "
-    "t-test and by an exact two-sided permutation test of the difference of means (every split of the pooled "
-    "seeds); Holm's step-down correction is applied to the permutation p-values across the placements compared "
-    "on each metric. Effect sizes are Hedges' g (pooled standard deviation, exact small-sample correction) and "
-    "the probability that a random seed of the placement beats a random seed of the reference (ties count one "
-    "half). With n_a and n_b seeds the smallest attainable permutation p-value is 2 / C(n_a + n_b, n_a): 0.10 "
-    "for 3 vs 3 and 0.0079 for 5 vs 5; the table warns where this, or Holm's multiplier, puts significance out "
-    "of reach."
+    "difference is Welch–Satterthwaite's. Each placement is compared with its reference by Welch's t-test and by "
+    "an exact two-sided permutation test of the difference of means (every split of the pooled seeds); Holm's "
+    "step-down correction is applied to each test's p-values across the placements compared on each metric. A "
+    "comparison's verdict (better, worse or not distinguishable) is decided by the test the tests table names in "
+    "its decided_by column, and it is fragile where leaving any one seed out of the study changes it: a fragile "
+    "verdict is marked and never stated as settled. Effect sizes are Hedges' g (pooled standard deviation, exact "
+    "small-sample correction) and the probability that a random seed of the placement beats a random seed of the "
+    "reference (ties count one half). With n_a and n_b seeds the smallest attainable permutation p-value is "
+    "2 / C(n_a + n_b, n_a): 0.10 for 3 vs 3, 0.0079 for 5 vs 5, 0.0022 for 6 vs 6."
 )
 
 
-def render_report(
-    path: str | Path,
-    *,
-    title: str,
-    question: str,
-    config: dict,
-    placements: Sequence[str | Placement],
-    tidy: pd.DataFrame,
-    tests: pd.DataFrame,
-    summary: Sequence[str],
-    environment: dict,
-    figures: Sequence[Figure],
-    methods: Sequence[str] = (),
-    confidence: float = 0.95,
-    alpha: float = 0.05,
-    headline: Sequence[str] = (),
-    checks: Sequence = (),
-    answer: dict | None = None,
-    lead_figures: Sequence[Figure] = (),
-    placement_specs: dict[str, str] | None = None,
-    claims: Sequence[dict] = (),
-    tables: Sequence[dict] = (),
-) -> Path:
-    """Write the study report ``path`` (.html) and its CSV and JSON files beside it; returns the HTML path.
+@dataclass(frozen=True)
+class Report:
+    """Everything one report page shows.
 
     ``methods`` holds extra paragraphs for the methods section (the corpus
     and its split, say); the statistical methods paragraph is always added.
@@ -272,28 +254,58 @@ def render_report(
     screen; ``summary`` is the full list of comparisons in words.
     ``placement_specs`` maps labels that are not placement specs (checkpoints
     measured by ``probe.measure``) to the placement each was trained with.
+    ``replication`` (``probe.report.replication.replication_table``) sets this
+    study's verdicts beside another's.
     """
+
+    title: str
+    question: str
+    config: dict
+    placements: Sequence[str | Placement]
+    tidy: pd.DataFrame
+    tests: pd.DataFrame
+    environment: dict
+    summary: Sequence[str] = ()
+    figures: Sequence[Figure] = ()
+    methods: Sequence[str] = ()
+    confidence: float = 0.95
+    alpha: float = 0.05
+    headline: Sequence[str] = ()
+    checks: Sequence = ()
+    answer: dict | None = None
+    lead_figures: Sequence[Figure] = ()
+    placement_specs: dict[str, str] | None = None
+    claims: Sequence[dict] = ()
+    tables: Sequence[dict] = ()
+    replication: dict | None = None
+
+
+def render_report(path: str | Path, report: Report) -> Path:
+    """Write ``report`` to ``path`` (.html) and its CSV and JSON files beside it; returns the HTML path."""
+    r = report
     path = Path(path)
     stem = path.with_suffix("")
-    tidy = tidy.assign(**{c: v for c, v in (("layer", -1), ("mode", "")) if c not in tidy.columns})
+    tidy = r.tidy.assign(**{c: v for c, v in (("layer", -1), ("mode", "")) if c not in r.tidy.columns})
     data_csv = tidy.to_csv(index=False, lineterminator="\n")
-    tests_csv = tests.to_csv(index=False, lineterminator="\n")
-    styles = placement_styles(list(tidy["placement"].unique()) + [str(p) for p in placements])
+    tests_csv = r.tests.to_csv(index=False, lineterminator="\n")
+    styles = placement_styles(list(tidy["placement"].unique()) + [str(p) for p in r.placements])
     colours = {k: s.colour for k, s in styles.items()}
     scalars = sorted(m for m in tidy.loc[tidy["x"].isna(), "measure"].unique() if m not in PERPLEXITY)
-    perplexity = scalar_table(tidy, PERPLEXITY, confidence)
-    other = scalar_rows_table(tidy, scalars, confidence)
+    perplexity = scalar_table(tidy, PERPLEXITY, r.confidence)
+    other = scalar_rows_table(tidy, scalars, r.confidence)
     context = {
-        "title": title, "question": question, "summary": list(summary), "environment": environment,
-        "config": flatten(config), "methods": [*methods, STATISTICAL_METHODS.format(level=f"{confidence:.0%}")],
-        "placements": placement_rows(placements, colours, placement_specs), "colours": colours,
-        "perplexity": perplexity, "scalars": other, "tests": significance_groups(tests), "figures": list(figures),
-        "seeds": seeds_by_placement(tidy), "level": f"{confidence:.0%}", "alpha": alpha,
-        "headline": list(headline), "checks": list(checks), "answer": answer, "lead_figures": list(lead_figures),
-        "claims": list(claims), "tables": list(tables),
+        "title": r.title, "question": r.question, "summary": list(r.summary), "environment": r.environment,
+        "config": flatten(r.config),
+        "methods": [*r.methods, STATISTICAL_METHODS.format(level=f"{r.confidence:.0%}")],
+        "placements": placement_rows(r.placements, colours, r.placement_specs), "colours": colours,
+        "perplexity": perplexity, "scalars": other, "tests": significance_groups(r.tests), "figures": list(r.figures),
+        "seeds": seeds_by_placement(tidy), "level": f"{r.confidence:.0%}", "alpha": r.alpha,
+        "headline": list(r.headline), "checks": list(r.checks), "answer": r.answer,
+        "lead_figures": list(r.lead_figures), "claims": list(r.claims), "tables": list(r.tables),
+        "replication": r.replication,
         "downloads": [
             {"name": f"{stem.name}_data.csv", "what": f"raw tidy data ({len(tidy)} rows)"},
-            {"name": f"{stem.name}_tests.csv", "what": f"significance tests ({len(tests)} rows)"},
+            {"name": f"{stem.name}_tests.csv", "what": f"significance tests ({len(r.tests)} rows)"},
             {"name": f"{stem.name}.json", "what": "everything: configuration, estimates, tests, checks, data"},
         ],
     }
@@ -301,15 +313,16 @@ def render_report(
     write_atomic(Path(f"{stem}_data.csv"), data_csv)
     write_atomic(Path(f"{stem}_tests.csv"), tests_csv)
     write_atomic(Path(f"{stem}.json"), to_json({
-        "title": title, "question": question, "headline": list(headline),
-        "checks": [{"key": c.key, "title": c.title, "verdict": c.verdict, "detail": c.detail} for c in checks],
-        "answer": answer, "claims": list(claims), "tables": list(tables), "summary": list(summary), "config": config,
-        "placements": context["placements"], "environment": environment,
-        "estimates": {"perplexity": _estimates(tidy, PERPLEXITY, confidence),
-                      "scalars": _estimates(tidy, scalars, confidence)},
-        "tests": tests,
+        "title": r.title, "question": r.question, "headline": list(r.headline),
+        "checks": [{"key": c.key, "title": c.title, "verdict": c.verdict, "detail": c.detail} for c in r.checks],
+        "answer": r.answer, "claims": list(r.claims), "tables": list(r.tables), "replication": r.replication,
+        "summary": list(r.summary), "config": r.config,
+        "placements": context["placements"], "environment": r.environment,
+        "estimates": {"perplexity": _estimates(tidy, PERPLEXITY, r.confidence),
+                      "scalars": _estimates(tidy, scalars, r.confidence)},
+        "tests": r.tests,
         "figures": [{"key": f.key, "title": f.title, "caption": f.caption, "note": f.note}
-                    for f in [*lead_figures, *figures]],
+                    for f in [*r.lead_figures, *r.figures]],
         "data": tidy,
     }))
     return write_atomic(path, html)
@@ -318,28 +331,3 @@ def render_report(
 def _estimates(tidy: pd.DataFrame, measures: Sequence[str], confidence: float) -> pd.DataFrame:
     rows = tidy[tidy["measure"].isin(measures) & tidy["x"].isna()]
     return inference.estimate(rows, by=("placement", "measure"), confidence=confidence)
-
-
-def study_report(
-    path: str | Path,
-    *,
-    title: str,
-    question: str,
-    config: dict,
-    placements: Sequence[str | Placement],
-    tidy: pd.DataFrame,
-    metrics: Sequence[str | compare.Metric],
-    reference: str = "none",
-    environment: dict | None = None,
-    methods: Sequence[str] = (),
-    alpha: float = 0.05,
-) -> Path:
-    """Tests, sentences, figures and the rendered report in one call: what a study runs at its end."""
-    from probe.report.figures import standard_figures
-
-    tests = compare.test_against_reference(tidy, reference, metrics, alpha=alpha)
-    return render_report(
-        path, title=title, question=question, config=config, placements=placements, tidy=tidy, tests=tests,
-        summary=report_text.summarize(tests, alpha=alpha), environment=environment or collect_environment(),
-        figures=standard_figures(tidy), methods=methods, alpha=alpha,
-    )

@@ -15,6 +15,7 @@ import pandas as pd
 from probe.measure import names as measure_names
 
 from probe.analysis import inference
+from probe.analysis.verdicts import Verdict, is_better  # noqa: F401 (is_better re-exported: one definition)
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -52,22 +53,34 @@ def fmt_p(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:#.2g}".rstrip(".")
 
 
-def is_better(row) -> bool:
-    """Whether a tests-table row's placement beats the reference: the sign of the mean difference, or,
-    where it is undefined (infinite values, tested on ranks), which side of one half P(better) lies."""
-    diff = float(row["diff"])
-    if np.isfinite(diff):
-        return (diff > 0) == bool(row["higher_is_better"])
-    return float(row["prob_improvement"]) > 0.5
-
-
 def unreachable(tests: pd.DataFrame, alpha: float = 0.05) -> pd.Series:
-    """Per row: True where no permutation test could reach ``alpha`` at these seed counts after Holm's
-    correction over its metric's comparisons (smallest attainable p times the family size)."""
+    """Per row: True where the deciding test could never reach ``alpha`` at these seed counts: fewer than two
+    seeds a side, or, for the exact permutation test, its smallest attainable p times the Holm family size."""
     if tests.empty:
         return pd.Series([], dtype=bool)
+    too_few = (tests["n"].astype(float) < 2) | (tests["n_ref"].astype(float) < 2)
+    if "decided_by" in tests and not tests["decided_by"].astype(str).str.startswith("permutation").all():
+        return too_few
     k = tests.groupby("metric")["p_perm"].transform(lambda p: max(1, int(p.notna().sum())))
-    return (tests["min_p"].astype(float) * k > alpha) | tests["min_p"].isna()
+    return too_few | (tests["min_p"].astype(float) * k > alpha) | tests["min_p"].isna()
+
+
+def decided(tests: pd.DataFrame) -> pd.Series:
+    """Per row: whether its verdict is a significant difference (``probe.analysis.verdicts``)."""
+    return tests["verdict"].astype(str) != Verdict.NOT_DISTINGUISHABLE.value
+
+
+def deciding_test(tests: pd.DataFrame) -> str:
+    """How sentences name the deciding test: "Holm-corrected Welch" or "Holm-corrected permutation"."""
+    test = str(tests["decided_by"].iloc[0]).split(",")[0] if len(tests) and "decided_by" in tests else "permutation"
+    return f"Holm-corrected {'Welch' if test == 'welch' else test}"
+
+
+def deciding_p(row) -> float:
+    """The Holm p-value behind a row's verdict."""
+    by = str(row.get("decided_by", "permutation"))
+    p = row["p_holm_welch"] if by.startswith("welch") else math.nan
+    return float(p) if np.isfinite(p) else float(row["p_holm"])
 
 
 def _phrases(measure: str, better: bool) -> str:
@@ -79,43 +92,47 @@ def _phrases(measure: str, better: bool) -> str:
 def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0.95) -> list[str]:
     """Sentences stating what the tests show, drawn only from the tests table.
 
-    One sentence per significant comparison (Holm-corrected permutation p
-    below ``alpha``); otherwise a plain statement that nothing was
+    One sentence per significant comparison (its ``verdict``, by the
+    study's deciding test); otherwise a plain statement that nothing was
     significant, or that n was too small for significance to be possible,
     naming the largest observed effect as an estimate only.
     """
     if tests is None or tests.empty:
         return ["No comparisons were run (the reference placement or the tested measures are missing)."]
     level = f"{confidence:.0%}"
+    by = deciding_test(tests)
     sentences = []
     for _, group in tests.groupby("label", sort=False):
-        sig = group[group["p_holm"] < alpha]
+        sig = group[decided(group)]
         for _, r in sig.sort_values("hedges_g").iterrows():
             better = is_better(r)
             unit = f" {r['unit']}" if r["unit"] else ""
             sentences.append(
                 f"{r['placement']} {_phrases(r['measure'], better)} {r['reference']}: {r['label']} is "
                 f"{fmt(r['mean'], 3)} vs {fmt(r['mean_ref'], 3)}{unit} (difference {fmt(r['diff'], 3)}, "
-                f"{level} CI [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}], Holm-corrected permutation "
-                f"p = {fmt_p(r['p_holm'])}, Hedges' g = {fmt(r['hedges_g'], 2)}, n = {r['n']} vs {r['n_ref']})."
+                f"{level} CI [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}], {by} "
+                f"p = {fmt_p(deciding_p(r))}{', fragile: one seed left out changes it' if r['fragile'] else ''}, Hedges' g = {fmt(r['hedges_g'], 2)}, n = {r['n']} vs {r['n_ref']})."
             )
-        rest = group[~(group["p_holm"] < alpha)]
+        rest = group[~decided(group)]
         if len(sig) and len(rest):
-            names = ", ".join(f"{r['placement']} (p = {fmt_p(r['p_holm'])})" for _, r in rest.iterrows())
+            names = ", ".join(f"{r['placement']} (p = {fmt_p(deciding_p(r))})" for _, r in rest.iterrows())
             sentences.append(f"Not significantly different from {group['reference'].iloc[0]} on {group['label'].iloc[0]} "
                              f"after Holm correction: {names}.")
     impossible = tests[unreachable(tests, alpha)]
     for metric, group in tests.groupby("label", sort=False):
-        if (group["p_holm"] < alpha).any():
+        if decided(group).any():
             continue
         blocked = group.index.isin(impossible.index)
         ns = sorted({(int(r["n"]), int(r["n_ref"])) for _, r in group.iterrows()})
         n_text = ", ".join(f"{a} vs {b}" for a, b in ns)
-        if blocked.all():
+        if blocked.all() and "permutation" not in by:
+            head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds (fewer than two a side) no test is "
+                    f"possible, so the differences are estimates, not findings.")
+        elif blocked.all():
             floor = float(group["min_p"].min())
             k = int(group["p_perm"].notna().sum())
             after = f", {fmt_p(min(1.0, floor * k))} after Holm over {k} comparisons" if k > 1 else ""
-            head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds no test can reach significance at "
+            head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds the test cannot reach significance at "
                     f"α = {alpha:g} (the smallest attainable permutation p-value is {fmt_p(floor)}{after}; "
                     f"{inference.seeds_needed(max(k, 1), alpha)} seeds per placement are needed), so the differences are "
                     f"estimates, not findings.")
@@ -129,10 +146,5 @@ def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0
             head += (f" The largest effect is {biggest['placement']}: {fmt(biggest['mean'], 3)} vs "
                      f"{fmt(biggest['mean_ref'], 3)}{unit} (Hedges' g = {fmt(biggest['hedges_g'], 2)}, "
                      f"permutation p = {fmt_p(biggest['p_perm'])} before correction).")
-        welch_sig = group[group["p_holm_welch"] < alpha]
-        if blocked.all() and len(welch_sig):
-            names = ", ".join(str(p) for p in welch_sig["placement"])
-            head += (f" Welch's t-test with Holm correction, which assumes roughly normal variation across seeds, "
-                     f"puts {names} below {alpha:g}.")
         sentences.append(head)
     return sentences

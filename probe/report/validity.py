@@ -12,7 +12,7 @@ compare on memory) and open its report:
   seeds some epoch's validation perplexity is at least ``RISE`` times the
   best one before it (a late learning-rate decay may bring it down again).
 - ``dropout_helps``: at least one dropout placement reaches a significantly
-  lower test perplexity than ``none`` (Holm-corrected permutation test).
+  lower test perplexity than ``none`` (the study's deciding test, Holm-corrected).
 - ``lag_span``: planted lags span short (at most ``SHORT_LAG``) to long (at
   least ``LONG_LAG``) dependencies.
 - ``memory_learned``: the memory reference (``zaremba`` at the compared
@@ -41,6 +41,7 @@ import pandas as pd
 
 from probe.analysis import compare, inference
 from probe.analysis.regimes import MEMORY, REGULARISATION, has_regimes, memory_reference_labels, regime_rows
+from probe.analysis.verdicts import Verdict, deciding_pvalues, verdicts
 from probe.report.text import fmt, fmt_p
 
 OVERFIT_GAP = 1.05  # validation / training perplexity at the best epoch
@@ -107,7 +108,8 @@ def check_overfits(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Check:
     return Check("overfits", title, bool(passed), detail, failure)
 
 
-def check_dropout_helps(tidy: pd.DataFrame, alpha: float = 0.05, reference: str = NO_DROPOUT) -> Check:
+def check_dropout_helps(tidy: pd.DataFrame, alpha: float = 0.05, reference: str = NO_DROPOUT, *,
+                        test: str = "welch") -> Check:
     title = "Some dropout placement beats no dropout on test perplexity"
     failure = ("No dropout placement has a significantly lower test perplexity than none, so regularisation "
                "gained cannot be weighed against memory lost.")
@@ -115,16 +117,17 @@ def check_dropout_helps(tidy: pd.DataFrame, alpha: float = 0.05, reference: str 
     if tests.empty:
         return Check("dropout_helps", title, None, f"no test perplexities of {reference!r} and another placement",
                      failure)
-    better = tests[(tests["diff"] < 0) & (tests["p_holm"] < alpha)].sort_values("mean")
+    tests = tests.assign(verdict=verdicts(tests, test=test, alpha=alpha))
+    better = tests[tests["verdict"] == Verdict.BETTER].sort_values("mean")
     ref_mean = float(tests["mean_ref"].iloc[0])
     if len(better):
         best = better.iloc[0]
         detail = (f"{len(better)} of {len(tests)} placements significantly below {reference} ({fmt(ref_mean, 4)}); "
-                  f"lowest: {best['placement']} {fmt(best['mean'], 4)} (Holm p = {fmt_p(best['p_holm'])})")
+                  f"lowest: {best['placement']} {fmt(best['mean'], 4)} ({test}, Holm p = {fmt_p(deciding_pvalues(tests, test).loc[best.name])})")
     else:
         low = tests.sort_values("mean").iloc[0]
         detail = (f"none of {len(tests)} placements is significantly below {reference} ({fmt(ref_mean, 4)}); "
-                  f"lowest: {low['placement']} {fmt(low['mean'], 4)} (Holm p = {fmt_p(low['p_holm'])})")
+                  f"lowest: {low['placement']} {fmt(low['mean'], 4)} ({test}, Holm p = {fmt_p(deciding_pvalues(tests, test).loc[low.name])})")
         warning = low["warning"]
         if warning:
             detail += f"; {warning}"
@@ -229,12 +232,23 @@ SHORT = {
 }
 
 
-def validity_checks(tidy: pd.DataFrame, *, optimum_ppl: float | None = None, alpha: float = 0.05) -> list[Check]:
+def learned_lags(checks) -> list[int]:
+    """The planted lags that every memory reference learned, by the ``memory_learned`` checks: the one
+    answer the headline, the answer table and the claims read. A check that could not be computed shows
+    no lag learned, so no placement is said to lose (or keep) memory on its account."""
+    memory = [c for c in checks if c.key == "memory_learned"]
+    if not memory:
+        return []
+    return sorted(set.intersection(*[set(c.values.get("learned_lags", ())) for c in memory]))
+
+
+def validity_checks(tidy: pd.DataFrame, *, optimum_ppl: float | None = None, alpha: float = 0.05,
+                    test: str = "welch") -> list[Check]:
     """The checks that apply to this study's corpus: synthetic ones (with planted lags and a known
     optimum) get all but convergence; a real corpus gets overfitting, dropout helps and convergence.
     Each reads its regime's rows; the memory check is of every memory reference the study tests against."""
     fit, memory = regime_rows(tidy, REGULARISATION), regime_rows(tidy, MEMORY)
-    checks = [check_overfits(fit), check_dropout_helps(fit, alpha)]
+    checks = [check_overfits(fit), check_dropout_helps(fit, alpha, test=test)]
     if planted_lags(memory):
         checks.append(check_lag_span(memory))
         checks += [check_memory_learned(memory, ref) for ref in memory_reference_labels(memory["placement"].unique())]

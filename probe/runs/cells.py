@@ -34,7 +34,7 @@ import torch
 from probe.data.corpus import Corpus
 from probe.data.registry import corpus_fingerprint, load_corpus
 from probe.runs.folder import RESULT, RunFolder, measure_file
-from probe.runs.config import RunConfig, RunResult
+from probe.runs.config import RunConfig, RunResult, RunStatus
 from probe.runs.train import train
 
 __all__ = ["Cell", "CellResult", "MeasureFn", "RunFolder", "load_cached", "measure_file", "run_cell",
@@ -42,9 +42,7 @@ __all__ = ["Cell", "CellResult", "MeasureFn", "RunFolder", "load_cached", "measu
 
 MeasureFn = Callable[[Any, Corpus, Any, dict], pd.DataFrame]
 
-# What a CellResult's status can be. "busy": another process held the run's lock and the caller
-# asked not to wait (probe.runs.grid then comes back to it).
-STATUSES = ("finished", "diverged", "failed", "busy")
+STATUSES = tuple(RunStatus)  # what a CellResult's status can be
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ class Cell:
 @dataclass
 class CellResult:
     cell: Cell
-    status: str  # one of STATUSES
+    status: RunStatus
     result: RunResult | None  # what the run reported (None if it failed)
     measurements: pd.DataFrame | None
     cached: bool  # read from disk, not computed by this call
@@ -104,12 +102,12 @@ def load_cached(runs_dir: str | Path, cell: Cell, *, repair: bool = False) -> Ce
         return None  # a result.json of an older version: recomputed
     if result.config != cell.run:
         return None
-    if result.status != "finished" or cell.measure is None:
+    if result.status != RunStatus.FINISHED or cell.measure is None:
         return CellResult(cell, result.status, result, None, cached=True)
     table = folder.files.read_table(table_name, repair=repair)
     if table is None:
         return None
-    return CellResult(cell, "finished", result, table, cached=True)
+    return CellResult(cell, RunStatus.FINISHED, result, table, cached=True)
 
 
 _CORPORA: dict[tuple, Corpus] = {}
@@ -132,7 +130,7 @@ def run_cell(cell: Cell, runs_dir: str | Path, measure_fn: MeasureFn | None, dat
     """
     folder = run_folder(runs_dir, cell)
     if not folder.acquire(wait=wait):
-        return CellResult(cell, "busy", None, None, cached=False)
+        return CellResult(cell, RunStatus.BUSY, None, None, cached=False)
     try:
         cached = load_cached(runs_dir, cell, repair=True)
         if cached is not None:
@@ -142,7 +140,7 @@ def run_cell(cell: Cell, runs_dir: str | Path, measure_fn: MeasureFn | None, dat
         corpus = _corpus(cell.run, data_dir)
         trained = train(cell.run, folder.path, corpus=corpus, progress=False)
         result = RunResult.from_json(folder.files.read_json(RESULT))
-        if trained.status != "finished" or cell.measure is None or measure_fn is None:
+        if trained.status != RunStatus.FINISHED or cell.measure is None or measure_fn is None:
             return CellResult(cell, trained.status, result, None, cached=False)
         name = measure_file(cell.measure_id())
         table = folder.files.read_table(name, repair=True)  # still good when only the result was damaged
@@ -150,7 +148,7 @@ def run_cell(cell: Cell, runs_dir: str | Path, measure_fn: MeasureFn | None, dat
             folder.files.write_table(name, measure_fn(trained.model, corpus, cell.measure, cell.ids()))
             # Read back what was written so fresh and cached cells give identical tables.
             table = folder.files.read_table(name)
-        return CellResult(cell, "finished", result, table, cached=False)
+        return CellResult(cell, RunStatus.FINISHED, result, table, cached=False)
     finally:
         folder.release()
 
@@ -163,9 +161,9 @@ def run_cell_safely(cell: Cell, runs_dir, measure_fn, data_dir=None, threads=Non
     except Exception as e:  # a failed cell is reported; the grid carries on
         log = folder.log_failure(traceback.format_exc())
         first = str(e).splitlines()[0] if str(e) else ""
-        return CellResult(cell, "failed", None, None, cached=False, error=f"{type(e).__name__}: {first}",
+        return CellResult(cell, RunStatus.FAILED, None, None, cached=False, error=f"{type(e).__name__}: {first}",
                           log=str(log) if log else None)
-    if result.status != "busy":
+    if result.status != RunStatus.BUSY:
         folder.clear_failure()
     return result
 

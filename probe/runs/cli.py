@@ -15,7 +15,7 @@ from probe.signals import exit_code, handled_signals
 from probe.preflight import check_backend, check_device, check_folder
 from probe.runs.folder import RESULT, RunFolder
 from kernels.layer import backend_help
-from probe.runs.config import PRESETS, RunConfig, RunResult, preset
+from probe.runs.config import PRESETS, RunConfig, RunResult, RunStatus, preset
 from probe.runs.train import train
 
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     print(_summary_line(result, run_dir))
-    return 0 if result.status == "finished" else 1
+    return 0 if result.status == RunStatus.FINISHED else 1
 
 
 def check_corpus_fits(corpus: Corpus, config: RunConfig) -> None:
@@ -141,7 +141,7 @@ def _finished(run_dir: Path, config: RunConfig) -> bool:
         saved = RunFolder(run_dir).files.read_json(RESULT)  # verified, read-only
     except (OSError, ValueError):
         return False
-    return saved is not None and saved.get("run_id") == config.run_id() and saved.get("status") == "finished"
+    return saved is not None and saved.get("run_id") == config.run_id() and saved.get("status") == RunStatus.FINISHED.value
 
 
 def _print_epoch(e: dict) -> None:
@@ -151,7 +151,7 @@ def _print_epoch(e: dict) -> None:
 
 
 def _summary_line(result: RunResult, run_dir) -> str:
-    if result.status != "finished":
+    if result.status != RunStatus.FINISHED:
         return f"{result.status} after {len(result.epochs)} epochs, run folder {run_dir}"
     final = result.epochs[-1]["epoch"] if result.epochs else None
     line = (f"{result.status}: epoch {result.selected_epoch} selected (--select {result.config.select}; best epoch "

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
@@ -202,12 +203,25 @@ def preset(name: str, **overrides) -> RunConfig:
     return RunConfig(**{**PRESETS[name], **overrides})
 
 
+class RunStatus(str, Enum):
+    """How a run (``train``) or a study's cell (``probe.runs.cells``) ended."""
+
+    FINISHED = "finished"
+    DIVERGED = "diverged"  # a loss or weight went NaN/inf
+    INTERRUPTED = "interrupted"  # stopped before its last epoch (train's stop_after_epoch); resumes from its checkpoint
+    FAILED = "failed"  # a cell whose training or measurement raised (its traceback is in the run folder)
+    BUSY = "busy"  # another process held the run's lock and the caller asked not to wait
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class RunResult:
-    """What a finished (or diverged) run reports."""
+    """What a finished (or diverged, or interrupted) run reports."""
 
     config: RunConfig
-    status: str  # "finished" or "diverged"
+    status: RunStatus
     epochs: list[dict] = field(default_factory=list)
     valid_ppl: float = math.nan  # of the selected epoch's model
     test_ppl: float = math.nan  # of the selected epoch's model
@@ -233,8 +247,8 @@ class RunResult:
         A ValueError names what is missing or wrong, e.g. for a file written by an older version."""
         try:
             config = RunConfig(**d["config"])
-            names = {f.name for f in dataclasses.fields(cls)} - {"config", "model"}
-            return cls(config=config, **{k: v for k, v in d.items() if k in names})
+            names = {f.name for f in dataclasses.fields(cls)} - {"config", "model", "status"}
+            return cls(config=config, status=RunStatus(d["status"]), **{k: v for k, v in d.items() if k in names})
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a result.json of this version ({type(e).__name__}: {e})") from None
 

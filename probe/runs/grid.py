@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from probe.runs.cells import Cell, CellResult, MeasureFn, load_cached, run_cell_safely
+from probe.runs.config import RunStatus
 from probe.signals import sigint_ignored
 
 EXECUTORS = ("local", "ray")
@@ -81,7 +82,7 @@ def run_grid(
     busy: list[list[int]] = []
 
     def done(indices: list[int], result: CellResult) -> None:
-        if result.status == "busy":
+        if result.status == RunStatus.BUSY:
             busy.append(indices)
             return
         for i in indices:
@@ -106,7 +107,7 @@ def run_grid(
         # Raised here, not in the except block: the first exception's frames (and the stopped pool's queues
         # and semaphores they hold) are freed first, so nothing is reported leaked at exit.
         gc.collect()
-        finished = sum(r.status == "finished" for r in results.values())
+        finished = sum(r.status == RunStatus.FINISHED for r in results.values())
         raise GridInterrupted(finished, len(cells), signum)
     return [results[i] for i in range(len(cells))]
 

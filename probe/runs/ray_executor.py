@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from probe.runs.cells import CellResult, run_cell_safely
+from probe.runs.config import RunStatus
 
 # A worker killed mid-run (out of memory, a preempted node) is tried again this many times.
 MAX_RETRIES = 2
@@ -107,6 +108,6 @@ def run_on_ray(cells, index_groups, runs_dir, measure_fn, data_dir, *, address: 
         try:
             result = ray.get(ready[0])
         except Exception as e:  # the task's worker died more often than it may be retried
-            result = CellResult(cell, "failed", None, None, cached=False,
+            result = CellResult(cell, RunStatus.FAILED, None, None, cached=False,
                                 error=f"Ray task failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         on_result(indices, result)

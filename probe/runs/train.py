@@ -43,7 +43,7 @@ from probe.data.corpus import Corpus, batchify, bptt_windows
 from probe.data.registry import corpus_fingerprint, load_corpus
 from probe.model.language_model import LanguageModel, detach_state
 from probe.runs.folder import CHECKPOINT, METRICS, RESULT, RunFolder
-from probe.runs.config import DTYPES, RunConfig, RunResult, best_epoch, learning_rates, selected_epoch
+from probe.runs.config import DTYPES, RunConfig, RunResult, RunStatus, best_epoch, learning_rates, selected_epoch
 
 
 # --- evaluation -----------------------------------------------------------
@@ -225,11 +225,11 @@ def _train(config: RunConfig, folder: RunFolder | None, corpus: Corpus, progress
         for e in epochs:
             log(e)
 
-    status = "finished"
+    status = RunStatus.FINISHED
     t_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         if stop_after_epoch is not None and epoch > stop_after_epoch:
-            return RunResult(config, "interrupted", epochs, best_epoch=best["epoch"], run_dir=run_dir, model=model)
+            return RunResult(config, RunStatus.INTERRUPTED, epochs, best_epoch=best["epoch"], run_dir=run_dir, model=model)
         lr = learning_rates(config, [e["valid_ppl"] for e in epochs])[epoch - 1]
         if optimizer is not None:
             for group in optimizer.param_groups:
@@ -239,14 +239,14 @@ def _train(config: RunConfig, folder: RunFolder | None, corpus: Corpus, progress
         seconds = time.perf_counter() - t0
         # NaN/inf, or a loss so large its perplexity overflows (math.exp would raise).
         if not math.isfinite(_ppl(train_nll)):
-            status = "diverged"
+            status = RunStatus.DIVERGED
             epochs.append({"epoch": epoch, "lr": lr, "train_ppl": math.inf, "valid_ppl": math.nan, "seconds": seconds})
             if log is not None:
                 log(epochs[-1])
             break
         valid_nll = evaluate(model, valid_data, config.bptt)
         if not math.isfinite(valid_nll):  # weights turned NaN/inf on the epoch's last updates
-            status = "diverged"
+            status = RunStatus.DIVERGED
         epochs.append(
             {
                 "epoch": epoch,
@@ -259,7 +259,7 @@ def _train(config: RunConfig, folder: RunFolder | None, corpus: Corpus, progress
         )
         if log is not None:
             log(epochs[-1])
-        if status == "diverged":
+        if status == RunStatus.DIVERGED:
             break
         if best_epoch(epochs) == epoch:
             best = {"epoch": epoch, "model": _clone_state(model)}
@@ -269,7 +269,7 @@ def _train(config: RunConfig, folder: RunFolder | None, corpus: Corpus, progress
 
     result = RunResult(config, status, epochs, best_epoch=best["epoch"], run_dir=run_dir, model=model)
     result.seconds = sum(e["seconds"] for e in epochs)
-    if status == "finished":
+    if status == RunStatus.FINISHED:
         final = epochs[-1]["epoch"]
         result.final_valid_ppl = epochs[-1]["valid_ppl"]
         result.final_test_ppl = _ppl(evaluate(model, test_data, config.bptt))
