@@ -28,6 +28,7 @@ from pathlib import Path
 
 
 from probe.analysis.compare import reference_label
+from probe.analysis.verdicts import DECIDING_TESTS
 from probe.data.corpus import CorpusError
 from probe.data.registry import load_corpus
 from probe.runs.grid import run_grid
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="run on this corpus only, with the preset's first corpus settings: a registry name, "
                    "a synthetic spec, or your own text (PATH.txt, a folder with train/valid/test.txt, or "
                    "text,level=char,valid=0.1,test=0.1:PATH)")
+    p.add_argument("--test", default="welch", choices=DECIDING_TESTS,
+                   help="the test that decides each verdict, Holm-corrected across placements (default welch: "
+                        "docs/regime.md says why; permutation: the exact permutation test)")
     p.add_argument("--replicate-of", type=Path, metavar="DATA_CSV",
                    help="another run of this study (its <report>_data.csv, e.g. from disjoint --seeds): the report "
                         "and the terminal set each verdict beside that study's, with the agreement rate")

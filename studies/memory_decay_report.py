@@ -19,7 +19,7 @@ from probe.analysis.regimes import MEMORY, has_regimes, regime_rows
 from probe.report.answer import answer_table, headline
 from probe.report import capacity
 from probe.report.claims import claim_verdicts
-from probe.report.replication import print_replication, replication_table
+from probe.report.replication import print_replication, replicate as replicate_study
 from probe.runs.cells import CellResult, tidy_table
 from probe.report.effect_figures import dose_figure, forest_figure
 from probe.report.plotting import placement_styles
@@ -148,7 +148,8 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
         methods.append("Runs that did not finish (left out of every statistic): " + "; ".join(failed) + ".")
     runtime = sum(r.result.seconds for r in results if r.result is not None)
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
-    design = placement_design(planted_lags(df), study.short_lag, study.long_lag, fit_reference=reference)
+    design = placement_design(planted_lags(df), study.short_lag, study.long_lag, fit_reference=reference,
+                              test=getattr(args, "test", "welch"))
     tests = run_tests(df, design)
     checks = validity_checks(df, optimum_ppl=optimum, alpha=design.alpha, test=design.test)
     styles = placement_styles(df["placement"].unique())
@@ -164,8 +165,7 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
     replication = None
     if replicate is not None:
         name, other = replicate
-        replication = replication_table(tests, run_tests(other, design), this_seeds=_seeds(df),
-                                        other_seeds=_seeds(other), other_name=name)
+        replication = replicate_study(df, other, design, other_name=name, this_tests=tests)
         print_replication(replication)
     return render_report(path, Report(
         title=f"Memory decay under dropout placements: {_title_corpus(regimes)}", question=QUESTION, config=config,
@@ -176,10 +176,6 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
         checks=checks, answer=answer_table(df, tests, design.answer, reference), lead_figures=lead,
         claims=claim_verdicts(tests, checks, placements), alpha=design.alpha, replication=replication,
     ))
-
-
-def _seeds(df: pd.DataFrame) -> str:
-    return ", ".join(str(s) for s in sorted(int(x) for x in df["seed"].unique()))
 
 
 def report_capacity(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none",

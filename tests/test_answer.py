@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 
 from probe.analysis import compare
-from probe.analysis.regimes import MEMORY, REGULARISATION, two_reference_tests
+from probe.analysis.design import StudyDesign, run_tests
+from probe.analysis.regimes import MEMORY, REGULARISATION
+from probe.analysis.verdicts import decide
 from probe.report.answer import AnswerColumn, answer_columns, answer_table, headline
 from probe.report.validity import Check
 
@@ -35,15 +37,21 @@ def tidy() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def comparisons(df: pd.DataFrame) -> pd.DataFrame:
+def comparisons(df: pd.DataFrame, test: str = "welch") -> pd.DataFrame:
     """Test perplexity against none; memory against each placement's memory reference (naive against zaremba)."""
-    columns = [c for c in answer_columns(LAGS, None) if (df["measure"] == c.metric.measure).any()]
-    fit = [c.metric for c in columns if c.regime == REGULARISATION]
-    memory = [c.metric for c in columns if c.regime == MEMORY]
-    return two_reference_tests(df, fit, memory)
+    columns = tuple(c for c in answer_columns(LAGS, None) if (df["measure"] == c.metric.measure).any())
+    fit = tuple(c.metric for c in columns if c.regime == REGULARISATION)
+    memory = tuple(c.metric for c in columns if c.regime == MEMORY)
+    return run_tests(df, StudyDesign(fit, memory, columns, tuple(LAGS), test=test))
 
 
-PASSING = [Check("overfits", "t", True, "", "f1"), Check("memory_learned", "t", True, "", "f2")]
+def decided(tests: pd.DataFrame, test: str = "permutation") -> pd.DataFrame:
+    """A bare tests table (compare.test_against_reference) with the verdicts a study would give it."""
+    return decide(tests, test=test, alpha=0.05)
+
+
+PASSING = [Check("overfits", "t", True, "", "f1"),
+           Check("memory_learned", "t", True, "", "f2", values={"learned_lags": LAGS, "failed_lags": []})]
 
 
 def test_headline_says_what_regularises_and_what_loses_memory_at_which_lags():
@@ -51,10 +59,11 @@ def test_headline_says_what_regularises_and_what_loses_memory_at_which_lags():
     assert 2 <= len(sentences) <= 6
     text = " ".join(sentences)
     assert sentences[0].startswith("This study can answer its question")
-    assert "significantly lower with zaremba:p=0.3" in text
-    assert "significantly higher with naive:p=0.3,rec=0.3" in text
-    assert "lag 8, 20 with naive:p=0.3,rec=0.3 (vs zaremba:p=0.3)" in text  # its memory reference
-    assert "at any planted lag (3, 8, 20) with zaremba:p=0.3" in text
+    assert "significantly lower with zaremba, p = 0.3" in text
+    assert "significantly higher with naive, p = 0.3" in text
+    assert "lag 8, 20 with naive, p = 0.3 (vs zaremba, p = 0.3)" in text  # its memory reference
+    assert "at any planted lag (3, 8, 20) with zaremba, p = 0.3" in text
+    assert ":p=" not in text  # prose names placements by name and rate, never by raw spec
 
 
 def test_a_failed_check_is_stated_first_and_blocks_the_memory_claims():
@@ -65,14 +74,15 @@ def test_a_failed_check_is_stated_first_and_blocks_the_memory_claims():
     assert sentences[0].startswith("This study cannot fully answer its question: short clause")
     text = " ".join(sentences)
     # Claims only where the memory reference learned the copies; the unlearned lag is named, with no claim.
-    assert "lag 8 with naive:p=0.3,rec=0.3" in text and "lag 8, 20 with naive" not in text
+    assert "lag 8 with naive, p = 0.3" in text and "lag 8, 20 with naive" not in text
     assert "at lag 20 the memory reference did not learn its copies" in text
 
 
 def test_headline_admits_when_n_is_too_small():
     small = tidy()
     small = small[small["seed"] < 2]
-    sentences = headline(comparisons(small), PASSING, reference="none", lags=LAGS)
+    # 2 vs 2 seeds: the exact permutation test cannot go below 1/3, so it can never decide.
+    sentences = headline(comparisons(small, "permutation"), PASSING, reference="none", lags=LAGS)
     assert any("cannot reach significance at this number of seeds" in s for s in sentences)
     assert not any("significantly lower with" in s for s in sentences)
 
@@ -102,8 +112,9 @@ def test_infinite_values_take_their_direction_from_the_rank_test():
                          x=np.nan, value=np.inf, layer=-1, mode="eval"))
     df = pd.DataFrame(rows)
     metric = compare.Metric("influence_kl_eval_half_life", mode="eval")
-    tests = compare.test_against_reference(df, "none", [metric])
+    tests = decided(compare.test_against_reference(df, "none", [metric]), "welch")
     assert np.isnan(tests["diff"].iloc[0]) and tests["p_holm"].iloc[0] < 0.05
+    assert np.isnan(tests["p_holm_welch"].iloc[0])  # Welch's test is undefined here: the rank test decides
     table = answer_table(df, tests, [AnswerColumn(metric, "influence half-life")], "none")
     zaremba = next(r for r in table["rows"] if r["placement"] == "zaremba:p=0.3")
     assert zaremba["cells"][0]["mark"] == "▲"
@@ -116,7 +127,7 @@ def test_holm_out_of_reach_is_called_unreachable_not_indistinguishable():
                   "rnndrop:p=0.3,cell=0.3"]
     rows = [dict(placement=p, seed=s, measure="test_ppl", x_name="", x=np.nan, value=4.0 - 0.1 * i + 0.01 * s,
                  layer=-1, mode="") for i, p in enumerate(placements) for s in range(5)]
-    tests = compare.test_against_reference(pd.DataFrame(rows), "none", ["test_ppl"])
+    tests = decided(compare.test_against_reference(pd.DataFrame(rows), "none", ["test_ppl"]))
     sentences = headline(tests, PASSING, reference="none", lags=[])
     assert any("7 of 7 comparisons cannot reach significance" in s for s in sentences)
 

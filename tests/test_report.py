@@ -13,6 +13,7 @@ from probe.report import figures, plotting
 from probe.report import html as report
 from probe.report import text as report_text
 from probe.analysis import compare, inference
+from probe.analysis.verdicts import decide
 from studies import kernel_bench
 
 HOSTILE = "<script>alert(1)</script>"
@@ -68,14 +69,14 @@ METRICS = ["test_ppl", compare.Metric("influence_kl", x=10, mode="train"), "infl
 
 
 def render(path: Path, tidy: pd.DataFrame, *, placements=PLACEMENTS, config=None, title="Memory under dropout") -> Path:
-    tests = compare.test_against_reference(tidy, "zaremba", METRICS)
-    return report.render_report(
-        path, title=title, question="Where can dropout go in an LSTM without destroying its memory?",
+    tests = decide(compare.test_against_reference(tidy, "zaremba", METRICS), test="permutation", alpha=0.05)
+    return report.render_report(path, report.Report(
+        title=title, question="Where can dropout go in an LSTM without destroying its memory?",
         config=config or {"corpus": "synthetic", "model": {"layers": 2, "hidden": 64}, "seeds": [0, 1, 2, 3, 4]},
         placements=list(placements), tidy=tidy, tests=tests, summary=report_text.summarize(tests),
         environment=dict(ENVIRONMENT), figures=figures.standard_figures(tidy),
         methods=["Corpus: synthetic text, split 90/5/5."],
-    )
+    ))
 
 
 @pytest.fixture(scope="module")
@@ -202,14 +203,6 @@ def test_rendering_is_deterministic(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     for name in ("study_data.csv", "study_tests.csv", "study.json"):
         assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes()
-
-
-def test_study_report_runs_tests_figures_and_rendering_in_one_call(tmp_path):
-    tidy = synthetic_tidy(("zaremba", "naive"), seeds=range(4), lags=range(1, 4))
-    path = report.study_report(tmp_path / "s.html", title="t", question="q", config={}, placements=["zaremba", "naive"],
-                               tidy=tidy, metrics=["test_ppl"], environment=dict(ENVIRONMENT))
-    html = path.read_text()
-    assert "test perplexity" in html and html.count("<svg") >= 8
 
 
 def test_collect_environment_names_versions_and_commit():

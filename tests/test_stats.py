@@ -13,6 +13,7 @@ from scipy import stats as sps
 from probe.report import text as report_text
 
 from probe.analysis import compare, inference
+from probe.analysis.verdicts import decide
 
 
 def tidy_scalar(values: dict[str, list[float]], measure: str = "test_ppl") -> pd.DataFrame:
@@ -236,11 +237,15 @@ def test_against_reference_selects_a_curve_point_and_the_direction():
     assert "too small" in row["warning"]  # 3 vs 3
 
 
+def permutation_verdicts(tests: pd.DataFrame) -> pd.DataFrame:
+    return decide(tests, test="permutation", alpha=0.05)
+
+
 def test_summarize_states_significant_findings_with_their_numbers():
     rng = np.random.default_rng(2)
     values = {"zaremba": list(0.05 + 0.001 * rng.normal(size=5)), "naive": list(0.012 + 0.001 * rng.normal(size=5))}
     tidy = tidy_scalar(values, "influence_kl_train_half_life")
-    tests = compare.test_against_reference(tidy, "zaremba", "influence_kl_train_half_life")
+    tests = permutation_verdicts(compare.test_against_reference(tidy, "zaremba", "influence_kl_train_half_life"))
     (sentence,) = report_text.summarize(tests)
     row = tests.iloc[0]
     assert sentence.startswith("naive loses memory relative to zaremba")
@@ -250,10 +255,10 @@ def test_summarize_states_significant_findings_with_their_numbers():
 
 def test_summarize_says_plainly_when_nothing_can_be_significant():
     tidy = tidy_scalar({"zaremba": [85.0, 86.0, 84.0], "naive": [95.0, 96.0, 94.0]})
-    (sentence,) = report_text.summarize(compare.test_against_reference(tidy, "zaremba", "test_ppl"))
+    (sentence,) = report_text.summarize(permutation_verdicts(compare.test_against_reference(tidy, "zaremba", "test_ppl")))
     assert "no test can reach significance" in sentence and "n = 3 vs 3" in sentence
     tidy = tidy_scalar({"zaremba": [85.0, 86.0, 84.0, 85.5, 84.5], "naive": [85.2, 85.9, 84.1, 85.1, 84.4]})
-    (sentence,) = report_text.summarize(compare.test_against_reference(tidy, "zaremba", "test_ppl"))
+    (sentence,) = report_text.summarize(permutation_verdicts(compare.test_against_reference(tidy, "zaremba", "test_ppl")))
     assert "no placement differs significantly" in sentence
     assert report_text.summarize(pd.DataFrame(columns=compare.TEST_COLUMNS))[0].startswith("No comparisons")
 

@@ -123,6 +123,5 @@ def run_tests(tidy: pd.DataFrame, design: StudyDesign, *, fragile: bool = True) 
     design's deciding test) and ``fragile`` (one seed left out changes it; skipped with ``fragile=False``)."""
     tests = _tests(tidy, design)
     if not fragile:
-        return tests.assign(verdict=verdicts.verdicts(tests, test=design.test, alpha=design.alpha).astype(str),
-                            fragile=False, decided_by=f"{design.test}, Holm, α = {design.alpha:g}")
+        return verdicts.decide(tests, test=design.test, alpha=design.alpha)
     return verdicts.with_verdicts(tidy, tests, lambda t: _tests(t, design), test=design.test, alpha=design.alpha)

@@ -8,9 +8,16 @@ table (answer, headline, claims, figures) takes the verdict from the
 
 A verdict is *fragile* when leaving any one seed out of the study (out of both
 groups: a seed number fixes the data order and the initial weights for every
-placement) gives another verdict. ``agreement`` sets two studies' verdicts side
-by side: an independent replication (disjoint seeds) of a verdict worth
-stating should agree with it.
+placement) gives another verdict. Its *replication probability* is the chance
+that an independent replication with as many seeds gives the same verdict,
+predicted from the observed test statistic as Goodman (1992, "A comment on
+replication, p-values and evidence", Statistics in Medicine 11) does: the
+replication's z is normal around the observed one with variance 2 (both
+studies carry sampling error), and it must clear the same Holm-corrected
+threshold. A verdict is *settled* when it is not fragile and its replication
+probability is at least ``SETTLED`` ("very likely" in the IPCC's calibrated
+language, Mastrandrea et al. 2010); only settled verdicts are stated as
+findings. ``agreement`` sets two studies' verdicts side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 
 class Verdict(str, Enum):
@@ -34,6 +42,7 @@ class Verdict(str, Enum):
 # The deciding test's Holm-corrected p-value column in the tests table (probe.analysis.compare).
 DECIDING_COLUMN = {"welch": "p_holm_welch", "permutation": "p_holm"}
 DECIDING_TESTS = tuple(DECIDING_COLUMN)
+SETTLED = 0.9  # the replication probability a stated verdict needs
 # What identifies one comparison across studies: the regime, the metric and who is compared with whom.
 COMPARISON_KEYS = ("regime", "metric", "placement", "reference")
 
@@ -70,6 +79,35 @@ def verdicts(tests: pd.DataFrame, *, test: str, alpha: float) -> pd.Series:
                       for i, r in tests.iterrows()], index=tests.index, dtype=object)
 
 
+def _raw_column(test: str) -> str:
+    return {"welch": "p_welch", "permutation": "p_perm"}[test]
+
+
+def replication_probability(tests: pd.DataFrame, *, test: str, alpha: float) -> pd.Series:
+    """Per row: the predicted probability that an independent replication (as many seeds) repeats its verdict.
+
+    z = the normal quantile of the deciding test's two-sided p; the row's threshold z_c comes from the same
+    Holm multiplier (Holm p / raw p) applied to alpha. A replication's z ~ N(z, 2) (Goodman 1992), so a
+    significant verdict repeats with Phi((|z| - z_c) / sqrt 2) and a not-distinguishable one with
+    Phi((z_c - |z|) / sqrt 2) - Phi((-z_c - |z|) / sqrt 2). Rows the deciding test leaves undefined use the
+    permutation test's p-values (``deciding_pvalues``)."""
+    if tests.empty:
+        return pd.Series([], dtype=float, index=tests.index)
+    raw = tests[_raw_column(test)].astype(float)
+    holm = tests[deciding_column(test)].astype(float)
+    fallback = holm.isna()
+    raw = raw.where(~fallback, tests["p_perm"].astype(float))
+    holm = holm.where(~fallback, tests["p_holm"].astype(float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        multiplier = (holm / raw).clip(lower=1.0).fillna(1.0)
+    z = stats.norm.isf(raw.clip(lower=1e-300) / 2)
+    z_c = stats.norm.isf(alpha / (2 * multiplier))
+    significant = stats.norm.cdf((z - z_c) / np.sqrt(2))
+    quiet = stats.norm.cdf((z_c - z) / np.sqrt(2)) - stats.norm.cdf((-z_c - z) / np.sqrt(2))
+    out = np.where(holm < alpha, significant, quiet)
+    return pd.Series(np.where(raw.isna(), np.nan, out), index=tests.index)
+
+
 def fragility(tidy: pd.DataFrame, tests: pd.DataFrame, run_tests: Callable[[pd.DataFrame], pd.DataFrame], *,
               test: str, alpha: float) -> pd.Series:
     """Per row of ``tests``: whether leaving one seed out of ``tidy`` changes its verdict.
@@ -91,19 +129,20 @@ def fragility(tidy: pd.DataFrame, tests: pd.DataFrame, run_tests: Callable[[pd.D
     return pd.Series(fragile.to_numpy(), index=tests.index)
 
 
+def decide(tests: pd.DataFrame, *, test: str, alpha: float, fragile=False) -> pd.DataFrame:
+    """``tests`` with its ``verdict``, ``fragile`` (as given: False when not examined), ``replication`` (the
+    predicted replication probability), ``settled`` and ``decided_by`` columns."""
+    rep = replication_probability(tests, test=test, alpha=alpha)
+    fragile = pd.Series(fragile, index=tests.index, dtype=bool)
+    return tests.assign(verdict=verdicts(tests, test=test, alpha=alpha).astype(str), fragile=fragile,
+                        replication=rep, settled=~fragile & (rep >= SETTLED),
+                        decided_by=f"{test}, Holm, α = {alpha:g}")
+
+
 def with_verdicts(tidy: pd.DataFrame, tests: pd.DataFrame, run_tests: Callable[[pd.DataFrame], pd.DataFrame], *,
                   test: str, alpha: float) -> pd.DataFrame:
-    """``tests`` with its ``verdict``, ``fragile`` and ``decided_by`` columns."""
-    out = tests.copy()
-    out["verdict"] = verdicts(tests, test=test, alpha=alpha).astype(str)
-    out["fragile"] = fragility(tidy, tests, run_tests, test=test, alpha=alpha)
-    out["decided_by"] = f"{test}, Holm, α = {alpha:g}"
-    return out
-
-
-def settled(tests: pd.DataFrame, verdict: Verdict) -> pd.DataFrame:
-    """The rows with ``verdict`` that no single seed decides."""
-    return tests[(tests["verdict"] == verdict.value) & ~tests["fragile"].astype(bool)]
+    """``decide`` with ``fragile`` examined (``fragility``)."""
+    return decide(tests, test=test, alpha=alpha, fragile=fragility(tidy, tests, run_tests, test=test, alpha=alpha))
 
 
 def agreement(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +150,7 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     ``fragile_a``, ``verdict_b``, ``fragile_b`` and ``agree``. Comparisons only one study made are left out
     (``agreement_summary`` counts them)."""
     keys = [k for k in COMPARISON_KEYS if k in a.columns and k in b.columns]
-    cols = [*keys, "label", "verdict", "fragile"]
+    cols = [*keys, "label", "verdict", "fragile", "settled"]
     left = a[[c for c in cols if c in a.columns]]
     right = b[[c for c in cols if c in b.columns]].drop(columns=["label"], errors="ignore")
     both = left.merge(right, on=keys, suffixes=("_a", "_b"))
@@ -124,7 +163,8 @@ def agreement_summary(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     table = agreement(a, b)
     n = len(table)
     agree = int(table["agree"].sum()) if n else 0
-    stated = table[~table["fragile_a"].astype(bool) & (table["verdict_a"] != Verdict.NOT_DISTINGUISHABLE.value)]
+    settled_a, settled_b = table[table["settled_a"].astype(bool)], table[table["settled_b"].astype(bool)]
     return {"compared": n, "agree": agree, "rate": agree / n if n else float("nan"),
             "only_a": len(a) - n, "only_b": len(b) - n,
-            "settled_a": len(stated), "settled_a_agree": int(stated["agree"].sum()) if len(stated) else 0}
+            "settled_a": len(settled_a), "settled_a_agree": int(settled_a["agree"].sum()),
+            "settled_b": len(settled_b), "settled_b_agree": int(settled_b["agree"].sum())}

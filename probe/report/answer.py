@@ -14,7 +14,8 @@ copy at the longest lag and the share of influence kept under training masks
 (each against the placement's memory reference, in the memory regime), each
 as mean [interval] with a mark where its verdict (``probe.analysis.verdicts``)
 is a significant difference from the reference its column names, and a
-second mark where one seed decides that verdict (fragile).
+second mark where that verdict is not settled (one seed decides it, or a
+replication would repeat it with probability below 90%).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 from probe.analysis import compare, inference
 from probe.analysis.design import MEMORY_REFERENCE, AnswerColumn, StudyDesign, answer_columns  # noqa: F401
 from probe.analysis.regimes import regime_label, regime_rows
-from probe.analysis.verdicts import Verdict
+from probe.analysis.verdicts import SETTLED, Verdict
 from probe.placements import readable
 from probe.report.text import deciding_p, deciding_test, fmt, fmt_p, unreachable
 from probe.report.validity import Check, learned_lags
@@ -44,21 +45,39 @@ def _names(rows: pd.DataFrame) -> str:
     return ", ".join(readable(p) for p in rows["placement"])
 
 
-def _with(verdict: Verdict, rows: pd.DataFrame, *, fragile: bool) -> pd.DataFrame:
-    """The rows with ``verdict`` that one seed decides (``fragile``) or that none does."""
+def _with(verdict: Verdict, rows: pd.DataFrame, *, settled: bool) -> pd.DataFrame:
+    """The rows with ``verdict`` that are settled (``probe.analysis.verdicts``), or that are not."""
     if rows.empty:
         return rows
-    return rows[(rows["verdict"] == verdict.value) & (rows["fragile"].astype(bool) == fragile)]
+    return rows[(rows["verdict"] == verdict.value) & (rows["settled"].astype(bool) == settled)]
 
 
-def _fragile_clause(rows: pd.DataFrame) -> str:
-    return f" (fragile, one seed left out changes it: {_names(rows)})" if len(rows) else ""
+def _unsettled_clause(rows: pd.DataFrame) -> str:
+    """", significantly ... but not settled with X, Y (...)": the verdicts a replication might not repeat."""
+    if rows.empty:
+        return ""
+    rep = rows["replication"].astype(float)
+    why = [f"a replication would repeat {'it' if len(rows) == 1 else 'each'} with probability "
+           f"{fmt(rep.min(), 2)}{'' if len(rows) == 1 or rep.min() == rep.max() else ' to ' + fmt(rep.max(), 2)}"]
+    if rows["fragile"].astype(bool).any():
+        why.append("or one seed decides it")
+    return f" but not settled with {_names(rows)} ({' '.join(why)})"
+
+
+def _grouped(lags_by_placement: dict[str, list[int]]) -> str:
+    """"zaremba, p = 0.3 and naive, p = 0.3 at lags 3, 8, 20; semeniuta, p = 0.3 at lags 8, 20"."""
+    groups: dict[tuple, list[str]] = {}
+    for p, lags in lags_by_placement.items():
+        groups.setdefault(tuple(lags), []).append(readable(p))
+    return "; ".join(f"{' and '.join(names)} at lag{'s' if len(lags) > 1 else ''} {', '.join(map(str, lags))}"
+                     for lags, names in groups.items())
 
 
 def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: list[int],
              short_lag: int | None = None, alpha: float = 0.05) -> list[str]:
     """At most six sentences answering the question from the tests and checks (see the module docstring).
-    A verdict one seed decides (``fragile``) is never stated as settled: it is named as fragile."""
+    Only settled verdicts are stated as findings; a significant verdict that one seed decides, or that a
+    replication would repeat with probability below ``verdicts.SETTLED``, is named as not settled."""
     failed = [c for c in checks if c.passed is False]
     unknown = [c for c in checks if c.passed is None]
     sentences = []
@@ -76,19 +95,25 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
     by = deciding_test(tests)
     ppl = _rows(tests, "test_ppl")
     if len(ppl):
-        better = _with(Verdict.BETTER, ppl, fragile=False).sort_values("mean")
-        worse = _with(Verdict.WORSE, ppl, fragile=False)
+        better = _with(Verdict.BETTER, ppl, settled=True).sort_values("mean")
+        worse = _with(Verdict.WORSE, ppl, settled=True)
+        shaky_better, shaky_worse = _with(Verdict.BETTER, ppl, settled=False), _with(Verdict.WORSE, ppl, settled=False)
         if len(better):
             best = better.iloc[0]
-            text = (f"Against {readable(reference)}, test perplexity is significantly lower with {_names(better)} "
+            text = (f"Against {readable(reference)}, test perplexity is settled lower with {_names(better)} "
                     f"(best: {readable(best['placement'])}, {fmt(best['mean'], 4)} vs {fmt(best['mean_ref'], 4)}, "
                     f"{by} p = {fmt_p(deciding_p(best))})")
+            if len(shaky_better):
+                text += "; significantly lower" + _unsettled_clause(shaky_better)
+        elif len(shaky_better):
+            text = f"Against {readable(reference)}, test perplexity is significantly lower" + \
+                _unsettled_clause(shaky_better)
         else:
-            text = f"No placement has a settled lower test perplexity than {readable(reference)}"
-        text += _fragile_clause(_with(Verdict.BETTER, ppl, fragile=True))
+            text = f"No placement has a significantly lower test perplexity than {readable(reference)}"
         if len(worse):
-            text += f"; it is significantly higher with {_names(worse)}"
-        text += _fragile_clause(_with(Verdict.WORSE, ppl, fragile=True))
+            text += f"; it is settled higher with {_names(worse)}"
+        if len(shaky_worse):
+            text += "; significantly higher" + _unsettled_clause(shaky_worse)
         sentences.append(text + ".")
     if lags:
         learned = [k for k in lags if k in learned_lags(checks)]
@@ -99,11 +124,11 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
         shaky: dict[str, list[int]] = {}
         refs: dict[str, str] = {}
         for lag in learned:
-            rows = _rows(tests, measure, lag)
-            for _, r in _with(Verdict.WORSE, rows, fragile=False).iterrows():
-                lost_at.setdefault(str(r["placement"]), []).append(lag)
-            for _, r in _with(Verdict.WORSE, rows, fragile=True).iterrows():
-                shaky.setdefault(str(r["placement"]), []).append(lag)
+            for _, r in _rows(tests, measure, lag).iterrows():
+                if not r["settled"]:
+                    shaky.setdefault(str(r["placement"]), []).append(lag)
+                elif r["verdict"] == Verdict.WORSE.value:
+                    lost_at.setdefault(str(r["placement"]), []).append(lag)
         for _, r in _rows(tests, measure).iterrows():
             refs[str(r["placement"])] = str(r["reference"])
         placements = [str(p) for p in compare.registry_order(refs)]
@@ -113,17 +138,16 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
             listed = ", ".join(map(str, learned))
             where = f"at any planted lag ({listed})" if not unlearned else f"at lag {listed}"
             if kept:
-                parts.append(f"against each placement's memory reference (zaremba at its rate; zaremba against "
-                             f"none), {what} is not significantly lower {where} with "
-                             f"{', '.join(readable(p) for p in kept)}")
+                parts.append(f"is not lower {where} with {', '.join(readable(p) for p in kept)} (settled)")
             if lost_at:
-                parts.append("it is significantly lower at " + "; ".join(
+                parts.append("is lower, settled, at " + "; ".join(
                     f"lag {', '.join(map(str, v))} with {readable(p)} (vs {readable(refs[p])})"
                     for p, v in lost_at.items()))
             if shaky:
-                parts.append("one seed decides a loss at " + "; ".join(
-                    f"lag {', '.join(map(str, v))} with {readable(p)}" for p, v in shaky.items())
-                    + " (fragile, not settled)")
+                parts.append(f"has no settled verdict (one seed decides it, or a replication would repeat it with "
+                             f"probability below {SETTLED:.0%}) for {_grouped(shaky)}")
+            parts = [f"Against each placement's memory reference (zaremba at its rate; zaremba against none), {what} "
+                     + "; it ".join(parts)] if parts else []
         if unlearned:
             parts.append(f"at lag {', '.join(map(str, unlearned))} the memory reference did not learn its "
                          f"copies, so no placement is said to lose memory there")
@@ -132,31 +156,60 @@ def headline(tests: pd.DataFrame, checks: list[Check], *, reference: str, lags: 
             sentences.append(text[:1].upper() + text[1:] + ".")
     if short_lag is not None:
         retained = _rows(tests, "influence_kl_retained", short_lag)
-        lost = _with(Verdict.WORSE, retained, fragile=False).sort_values("mean")
+        lost = _with(Verdict.WORSE, retained, settled=True).sort_values("mean")
         if len(lost):
             worst = lost.iloc[0]
             sentences.append(
-                f"Under their own training masks, {_names(lost)} keep significantly less of their lag-{short_lag} "
-                f"influence than their memory references (lowest: {readable(worst['placement'])}, "
+                f"Under their own training masks, {_names(lost)} keep less of their lag-{short_lag} influence than "
+                f"their memory references, settled (lowest: {readable(worst['placement'])}, "
                 f"{fmt(100 * worst['mean'], 3)}% vs {readable(worst['reference'])}'s "
                 f"{fmt(100 * worst['mean_ref'], 3)}%).")
     if len(tests):
         undecided = tests[tests["verdict"] == Verdict.NOT_DISTINGUISHABLE.value]
-        fragile = tests[tests["fragile"].astype(bool)]
+        unsettled = tests[~tests["settled"].astype(bool)]
         blocked = tests[unreachable(tests, alpha)]
         if len(blocked):
             sentences.append(f"{len(blocked)} of {len(tests)} comparisons cannot reach significance at this number "
                              f"of seeds; they are estimates, not findings.")
         else:
             sentences.append(f"{len(undecided)} of {len(tests)} comparisons are not distinguishable from their "
-                             f"references at α = {alpha:g} after Holm correction, and {len(fragile)} are fragile "
-                             f"(one seed left out changes the verdict; listed below).")
+                             f"references at α = {alpha:g} after Holm correction; {len(unsettled)} verdicts are not "
+                             f"settled (one seed decides them, or a replication would repeat them with probability "
+                             f"below {SETTLED:.0%}; listed below).")
     return sentences[:6]
+
+
+NOT_WORSE = "not worse"  # a headline's "not significantly lower": better or not distinguishable
+
+
+def stated_verdicts(tests: pd.DataFrame, learned: list[int], short_lag: int | None) -> pd.DataFrame:
+    """The verdicts ``headline`` states as settled, one row each (regime, metric, placement, reference,
+    stated): settled better or worse test perplexities; at each learned lag, a settled loss of the copy, or
+    "not worse" for a placement whose every learned lag is settled without a loss; settled losses of
+    influence under training masks. A replication agrees with the headline where it agrees with each."""
+    rows = []
+
+    def add(sel: pd.DataFrame, stated: str) -> None:
+        for _, r in sel.iterrows():
+            rows.append({"regime": r.get("regime", ""), "metric": r["metric"], "placement": r["placement"],
+                         "reference": r["reference"], "stated": stated})
+
+    ppl = _rows(tests, "test_ppl")
+    add(_with(Verdict.BETTER, ppl, settled=True), Verdict.BETTER.value)
+    add(_with(Verdict.WORSE, ppl, settled=True), Verdict.WORSE.value)
+    measure = "copy_logprob" if len(_rows(tests, "copy_logprob")) else "recall_accuracy"
+    memory = pd.concat([_rows(tests, measure, k) for k in learned]) if learned else tests.iloc[0:0]
+    doubtful = (memory["verdict"] == Verdict.WORSE.value) | ~memory["settled"].astype(bool)
+    add(_with(Verdict.WORSE, memory, settled=True), Verdict.WORSE.value)
+    add(memory[~memory["placement"].isin(set(memory.loc[doubtful, "placement"]))], NOT_WORSE)
+    if short_lag is not None:
+        add(_with(Verdict.WORSE, _rows(tests, "influence_kl_retained", short_lag), settled=True), Verdict.WORSE.value)
+    return pd.DataFrame(rows, columns=["regime", "metric", "placement", "reference", "stated"])
 
 
 def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns, reference: str) -> dict:
     """{"headers": [...], "rows": [{"placement", "cells": [{mean, low, high, n, mark, p, fragile}]}]}; marks:
-    "▲"/"▼" where the verdict is better/worse than the reference its column names, "?" beside a fragile one."""
+    "▲"/"▼" where the verdict is better/worse than the reference its column names, "?" beside one not settled."""
     present, values = [], {}
     for col in columns:
         try:
@@ -174,13 +227,13 @@ def answer_table(tidy: pd.DataFrame, tests: pd.DataFrame, columns, reference: st
             t = tests[(tests["metric"] == col.metric.name) & (tests["placement"] == placement)]
             if "regime" in t.columns:
                 t = t[t["regime"] == regime_label(tidy, col.regime)]
-            mark, p, fragile = "", None, False
+            mark, p, fragile, settled, replication = "", None, False, False, None
             if len(t):
                 r = t.iloc[0]
-                p, fragile = deciding_p(r), bool(r["fragile"])
+                p, fragile, settled, replication = deciding_p(r), bool(r["fragile"]), bool(r["settled"]), r["replication"]
                 mark = {Verdict.BETTER.value: "▲", Verdict.WORSE.value: "▼"}.get(str(r["verdict"]), "")
             cells.append({"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "mark": mark, "p": p,
-                          "fragile": fragile})
+                          "fragile": fragile, "settled": settled, "replication": replication})
         rows.append({"placement": placement, "reference": placement == reference, "cells": cells})
     return {"headers": [c.header for c in present], "rows": rows,
             "against": [c.against for c in present],

@@ -68,12 +68,13 @@ def _significant(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _describe(r) -> str:
     return (f"{r['label']}: {fmt(r['mean'], 3)} vs {readable(r['reference'])} {fmt(r['mean_ref'], 3)}, "
             f"{deciding_test(pd.DataFrame([r]))} p = {fmt_p(deciding_p(r))}"
-            + (" (fragile: one seed left out changes this verdict)" if r["fragile"] else ""))
+            + ("" if r["settled"] else
+               f" (not settled: {'one seed left out changes it' if r['fragile'] else 'a replication repeats it with probability ' + fmt(r['replication'], 2)})"))
 
 
 def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list[dict]:
-    """One row per claim: placement (the label tested), source, claim, verdict, the test behind it and
-    whether one seed decides that test (``fragile``)."""
+    """One row per claim: placement (the label tested), source, claim, verdict, the test behind it, whether
+    one seed decides that test (``fragile``) and whether the tests behind the verdict are settled."""
     passed = {c.key: c.passed for c in checks}
     learned = learned_lags(checks)
     labels = {placement_name(p): str(p) for p in placements if placement_name(p) is not None}
@@ -83,11 +84,12 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
                "claim": claim.claim}
         label = labels.get(claim.placement)
         if label is None:
-            out.append(row | {"verdict": "not testable here", "test": "this placement was not run", "fragile": False})
+            out.append(row | {"verdict": "not testable here", "test": "this placement was not run", "fragile": False,
+                              "settled": False})
             continue
         if claim.kind == REGULARISES:
             if passed.get("overfits") is not True:
-                out.append(row | {"verdict": "not testable here", "fragile": False,
+                out.append(row | {"verdict": "not testable here", "fragile": False, "settled": False,
                                   "test": "without dropout the model does not overfit, so nothing is regularised"})
                 continue
             rows = _test_rows(tests, "test_ppl", label)
@@ -95,10 +97,11 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
             verdict = "supported" if len(better) else "contradicted" if len(worse) else "not shown"
             test = _describe(rows.iloc[0]) if len(rows) else "no test perplexity test"
             out.append(row | {"verdict": verdict if len(rows) else "not testable here", "test": test,
-                              "fragile": bool(len(rows) and rows["fragile"].astype(bool).any())})
+                              "fragile": bool(len(rows) and rows["fragile"].astype(bool).any()),
+                              "settled": bool(len(rows) and rows["settled"].astype(bool).all())})
             continue
         if not learned:
-            out.append(row | {"verdict": "not testable here", "fragile": False,
+            out.append(row | {"verdict": "not testable here", "fragile": False, "settled": False,
                               "test": "the memory reference did not learn the planted copies at any lag"})
             continue
         rows = _test_rows(tests, "copy_logprob", label, learned)
@@ -106,7 +109,7 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
             rows = _test_rows(tests, "recall_accuracy", label, learned)
         if rows.empty:
             out.append(row | {"verdict": "not testable here", "test": "no memory test of this placement",
-                              "fragile": False})
+                              "fragile": False, "settled": False})
             continue
         better, worse = _significant(rows)
         at = f"at learned lags {', '.join(map(str, learned))}"
@@ -118,5 +121,6 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
         test = f"{_describe(shown.iloc[0])} ({at}; {len(worse)} of {len(rows)} significantly lower)"
         # The verdict rests on the rows that decide it: a loss (worse), else a gain, else every lag's test.
         deciding = worse if len(worse) else better if len(better) else rows
-        out.append(row | {"verdict": verdict, "test": test, "fragile": bool(deciding["fragile"].astype(bool).any())})
+        out.append(row | {"verdict": verdict, "test": test, "fragile": bool(deciding["fragile"].astype(bool).any()),
+                          "settled": bool(deciding["settled"].astype(bool).all())})
     return out

@@ -29,7 +29,7 @@ def _panel_reference(g: pd.DataFrame) -> str:
 def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Style] | None = None) -> Figure:
     """Each placement's difference from its reference with its 95% Welch interval, one panel per metric
     (its title names the reference); filled markers where the verdict is a significant difference, a dashed
-    interval where that verdict is fragile."""
+    interval where that verdict is not settled (``probe.analysis.verdicts``)."""
     key, title = "forest", "Effects against the references"
     rows = tests[tests["metric"].isin(metrics)] if len(tests) else tests
     if rows.empty:
@@ -38,7 +38,8 @@ def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Sty
                "its 95% Welch–Satterthwaite interval across seeds; regularisation panels are against the model "
                "without dropout, memory panels against each placement's memory reference (zaremba at its rate; "
                "zaremba against none). Filled: a significant verdict after Holm correction; hollow: not "
-               "distinguishable; dashed interval: fragile (one seed left out changes the verdict). The dashed "
+               "distinguishable; dashed interval: not settled (one seed left out changes the verdict, or a "
+               "replication would repeat it with probability below 90%). The dashed "
                "vertical line is no difference.")
     present = [m for m in metrics if (rows["metric"] == m).any()]
     styles = styles or placement_styles(rows["placement"].unique())
@@ -54,7 +55,7 @@ def forest_figure(tests: pd.DataFrame, metrics: list[str], styles: dict[str, Sty
                 r, style = g.loc[placement], styles[placement]
                 if np.isfinite(r["ci_low"]):
                     ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=style.colour, lw=2,
-                            ls="--" if r["fragile"] else "-")
+                            ls="-" if r["settled"] else "--")
                 filled = r["verdict"] != Verdict.NOT_DISTINGUISHABLE.value
                 ax.plot([r["diff"]], [i], marker=style.marker, markersize=6, color=style.colour,
                         markerfacecolor=style.colour if filled else "white")

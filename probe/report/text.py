@@ -83,6 +83,15 @@ def deciding_p(row) -> float:
     return float(p) if np.isfinite(p) else float(row["p_holm"])
 
 
+def _unsettled(row) -> str:
+    """", not settled: ..." for a verdict the headline does not state as a finding (``probe.analysis.verdicts``)."""
+    if row["settled"]:
+        return ""
+    if row["fragile"]:
+        return ", not settled: one seed left out changes it"
+    return f", not settled: a replication would repeat it with probability {fmt(row['replication'], 2)}"
+
+
 def _phrases(measure: str, better: bool) -> str:
     if measure_names.known(measure) and measure_names.lookup(measure).is_fit:
         return "has lower perplexity than" if better else "has higher perplexity than"
@@ -111,7 +120,8 @@ def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0
                 f"{r['placement']} {_phrases(r['measure'], better)} {r['reference']}: {r['label']} is "
                 f"{fmt(r['mean'], 3)} vs {fmt(r['mean_ref'], 3)}{unit} (difference {fmt(r['diff'], 3)}, "
                 f"{level} CI [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}], {by} "
-                f"p = {fmt_p(deciding_p(r))}{', fragile: one seed left out changes it' if r['fragile'] else ''}, Hedges' g = {fmt(r['hedges_g'], 2)}, n = {r['n']} vs {r['n_ref']})."
+                f"p = {fmt_p(deciding_p(r))}{_unsettled(r)}, Hedges' g = {fmt(r['hedges_g'], 2)}, "
+                f"n = {r['n']} vs {r['n_ref']})."
             )
         rest = group[~decided(group)]
         if len(sig) and len(rest):
@@ -132,7 +142,7 @@ def summarize(tests: pd.DataFrame, *, alpha: float = 0.05, confidence: float = 0
             floor = float(group["min_p"].min())
             k = int(group["p_perm"].notna().sum())
             after = f", {fmt_p(min(1.0, floor * k))} after Holm over {k} comparisons" if k > 1 else ""
-            head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds the test cannot reach significance at "
+            head = (f"{metric[:1].upper()}{metric[1:]}: with n = {n_text} seeds no test can reach significance at "
                     f"α = {alpha:g} (the smallest attainable permutation p-value is {fmt_p(floor)}{after}; "
                     f"{inference.seeds_needed(max(k, 1), alpha)} seeds per placement are needed), so the differences are "
                     f"estimates, not findings.")

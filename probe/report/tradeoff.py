@@ -3,7 +3,8 @@
 Each placement is one point: across, the regularisation it buys (how much lower its test perplexity is than
 the fit reference's, in the regularisation regime); up, the memory it costs (its copy log-probability at the
 longest learned lag minus its memory reference's, in the memory regime). Both come from the tests table with
-their Welch intervals; a dashed interval marks a fragile verdict (one seed left out changes it). The best
+their Welch intervals; a dashed interval marks a verdict that is not settled (fragile: one seed left out
+changes it; or an independent replication would repeat it with probability below 90%). The best
 place is the upper right: lower perplexity, no memory lost.
 """
 
@@ -41,8 +42,9 @@ def tradeoff_figure(tests: pd.DataFrame, design: StudyDesign, lags_learned: list
                f"regime; right is better). Up: the placement's copy log-probability above chance at lag {lag}, the "
                f"longest planted lag its memory reference learned, minus its memory reference's (memory regime; "
                f"down is memory lost). Lines are 95% Welch intervals across seeds; a filled marker is a significant "
-               f"verdict on either axis, a dashed line a fragile verdict on that axis (one seed left out changes "
-               f"it). The dotted lines are no difference.")
+               f"verdict on either axis, a dashed line a verdict on that axis that is not settled (fragile: one seed "
+               f"left out changes it; or a replication would repeat it with probability below 90%). The dotted lines "
+               f"are no difference.")
     placements = [p for p in ordered_placements(tests["placement"].unique())
                   if _row(tests, fit, p) is not None and _row(tests, memory, p) is not None]
     if not placements:
@@ -58,7 +60,7 @@ def tradeoff_figure(tests: pd.DataFrame, design: StudyDesign, lags_learned: list
             for (a, b), row, horizontal in ((xs, f, True), (ys, m, False)):
                 if np.isfinite(a) and np.isfinite(b):
                     line = ([a, b], [y, y]) if horizontal else ([x, x], [a, b])
-                    ax.plot(*line, color=style.colour, lw=1.6, ls="--" if row["fragile"] else "-")
+                    ax.plot(*line, color=style.colour, lw=1.6, ls="-" if row["settled"] else "--")
             significant = any(r["verdict"] != Verdict.NOT_DISTINGUISHABLE.value for r in (f, m))
             ax.plot([x], [y], marker=style.marker, markersize=7, color=style.colour, ls="none",
                     markerfacecolor=style.colour if significant else "white", label=readable(p))

@@ -1,0 +1,188 @@
+"""Verdicts, fragility and replication: one seed that decides a verdict is marked in every table that shows
+it, learned lags have one answer, and two studies' verdicts are set side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probe.analysis.design import StudyDesign, answer_columns, placement_design, run_tests
+from probe.analysis.regimes import MEMORY, REGULARISATION
+from probe.analysis.verdicts import Verdict, agreement_summary, verdicts
+from probe.report.answer import answer_table, headline, stated_verdicts
+from probe.report.claims import claim_verdicts
+from probe.report.replication import StudyDataError, read_study_data, replicate
+from probe.report.validity import Check, learned_lags
+from studies.cli import parse_seeds
+
+NONE, ZAREMBA, NAIVE, VARIATIONAL = "none", "zaremba:p=0.3", "naive:p=0.3,rec=0.3", "variational:p=0.3,rec=0.3"
+LAGS = [3, 8, 20]
+
+
+def rows(placement: str, measure: str, values, x=np.nan, mode="", seeds=None) -> list[dict]:
+    seeds = range(len(values)) if seeds is None else seeds
+    return [dict(placement=placement, seed=s, measure=measure, x_name="lag" if np.isfinite(x) else "", x=x,
+                 value=v, layer=-1, mode=mode) for s, v in zip(seeds, values)]
+
+
+def design() -> StudyDesign:
+    columns = answer_columns(LAGS, None)
+    return StudyDesign(tuple(c.metric for c in columns if c.regime == REGULARISATION),
+                       tuple(c.metric for c in columns if c.regime == MEMORY), columns, tuple(LAGS))
+
+
+def study(seeds=range(6), shift: float = 0.0) -> pd.DataFrame:
+    """zaremba clearly lowers perplexity in every seed; naive lowers it too, except in seed 5, whose outlier
+    alone hides the gain; variational keeps every copy; naive loses the copy at lag 20 (vs zaremba)."""
+    seeds = list(seeds)
+    jitter = np.array([0.01 * (i - 2.5) for i in range(len(seeds))])
+    naive = 3.8 + jitter
+    naive[-1] = 5.5  # the one seed that decides naive's verdict
+    out = rows(NONE, "test_ppl", 4.0 + jitter + shift, seeds=seeds)
+    out += rows(ZAREMBA, "test_ppl", 3.5 + jitter + shift, seeds=seeds)
+    out += rows(NAIVE, "test_ppl", naive + shift, seeds=seeds)
+    out += rows(VARIATIONAL, "test_ppl", 3.6 + jitter[::-1] + shift, seeds=seeds)
+    for lag in LAGS:
+        out += rows(NONE, "copy_logprob", 2.0 + jitter, lag, "eval", seeds)
+        out += rows(ZAREMBA, "copy_logprob", 2.0 + jitter, lag, "eval", seeds)
+        out += rows(VARIATIONAL, "copy_logprob", 2.0 + jitter[::-1], lag, "eval", seeds)
+        out += rows(NAIVE, "copy_logprob", (1.0 if lag == 20 else 2.0) + jitter, lag, "eval", seeds)
+    return pd.DataFrame(out)
+
+
+LEARNED = [Check("overfits", "t", True, "", "f"),
+           Check("memory_learned", "t", True, "", "f", values={"learned_lags": LAGS, "failed_lags": []})]
+
+
+def test_a_verdict_one_seed_decides_is_marked_fragile_in_the_tests_answer_and_claims():
+    tests = run_tests(study(), design())
+    ppl = tests[tests["measure"] == "test_ppl"].set_index("placement")
+    assert ppl.loc[NAIVE, "verdict"] == Verdict.NOT_DISTINGUISHABLE.value  # seed 5's outlier hides the gain...
+    assert ppl.loc[NAIVE, "fragile"]  # ...and without seed 5 naive is significantly better
+    assert ppl.loc[ZAREMBA, "verdict"] == Verdict.BETTER.value and not ppl.loc[ZAREMBA, "fragile"]
+
+    table = answer_table(study(), tests, design().answer, NONE)
+    by_placement = {r["placement"]: r["cells"][0] for r in table["rows"]}
+    assert by_placement[NAIVE]["fragile"] and not by_placement[ZAREMBA]["fragile"]
+    assert by_placement[ZAREMBA]["mark"] == "▲" and by_placement[NAIVE]["mark"] == ""
+
+    claims = {c["placement"]: c for c in claim_verdicts(tests, LEARNED, [NONE, ZAREMBA, NAIVE, VARIATIONAL])}
+    assert claims[ZAREMBA]["verdict"] == "supported" and not claims[ZAREMBA]["fragile"]
+    assert claims[NAIVE]["verdict"] == "supported"  # it loses the lag-20 copy in every seed: not fragile
+    assert not claims[NAIVE]["fragile"]
+
+
+def test_the_headline_never_states_a_fragile_verdict_as_settled():
+    tests = run_tests(study(), design())
+    text = " ".join(headline(tests, LEARNED, reference=NONE, lags=LAGS))
+    assert "significantly lower with zaremba, p = 0.3, variational, p = 0.3 (best" in text
+    assert "fragile, one seed left out changes it: naive, p = 0.3" in text
+    stated = stated_verdicts(tests, LAGS, None)
+    assert NAIVE not in set(stated.loc[stated["metric"] == "test_ppl", "placement"])
+
+
+def test_leaving_no_seed_decisive_gives_no_fragile_mark():
+    df = study()
+    df = df[df["placement"] != NAIVE]
+    tests = run_tests(df, design())
+    assert not tests["fragile"].any()
+
+
+def test_a_memory_check_that_cannot_be_computed_gives_one_answer_to_the_headline_and_the_claims():
+    tests = run_tests(study(), design())
+    checks = [Check("overfits", "t", True, "", "f"),
+              Check("memory_learned", "t", None, "no recall measurements", "Memory could not be checked.")]
+    assert learned_lags(checks) == []
+    text = " ".join(headline(tests, checks, reference=NONE, lags=LAGS))
+    assert "at lag 3, 8, 20 the memory reference did not learn its copies" in text
+    assert "significantly lower at lag" not in text  # no loss is claimed where learning was not shown
+    claims = {c["placement"]: c["verdict"] for c in claim_verdicts(tests, checks, [NONE, ZAREMBA, NAIVE, VARIATIONAL])}
+    assert claims[NAIVE] == claims[VARIATIONAL] == "not testable here"
+    # And where the check passed at some lags, both read the same lags.
+    partial = [LEARNED[0], Check("memory_learned", "t", False, "", "f", values={"learned_lags": [3, 8]})]
+    assert learned_lags(partial) == [3, 8]
+    text = " ".join(headline(tests, partial, reference=NONE, lags=LAGS))
+    assert "at lag 20 the memory reference did not learn" in text
+    claims = {c["placement"]: c for c in claim_verdicts(tests, partial, [NONE, ZAREMBA, NAIVE, VARIATIONAL])}
+    assert "at learned lags 3, 8" in claims[NAIVE]["test"] and claims[NAIVE]["verdict"] == "not shown"
+
+
+def test_the_deciding_test_is_named_and_changes_the_verdict():
+    tests = run_tests(study(), design())
+    welch = verdicts(tests, test="welch", alpha=0.05)
+    permutation = verdicts(tests, test="permutation", alpha=0.05)
+    assert (welch != permutation).any() or (tests["p_holm_welch"] != tests["p_holm"]).any()
+    assert set(tests["decided_by"]) == {"welch, Holm, α = 0.05"}
+    with pytest.raises(ValueError, match="valid: welch, permutation"):
+        placement_design(LAGS, 2, 10, test="bootstrap")
+
+
+def test_two_studies_with_disjoint_seeds_agree_on_their_verdicts():
+    first, second = study(range(6)), study(range(6, 12), shift=0.001)
+    rep = replicate(first, second, design(), other_name="second")
+    s = rep["summary"]
+    assert s["compared"] == len(run_tests(first, design(), fragile=False))
+    assert s["agree"] == s["compared"] and s["rate"] == 1.0
+    assert rep["headline"]["agree"] == rep["headline"]["stated"] > 0
+    assert rep["shared_seeds"] == ""
+    # A replication in which naive keeps its lag-20 copy disagrees there, and the table says so.
+    other = second.copy()
+    lost = (other["placement"] == NAIVE) & (other["measure"] == "copy_logprob") & (other["x"] == 20)
+    other.loc[lost, "value"] += 1.0
+    rep = replicate(first, other, design(), other_name="other")
+    bad = [r for r in rep["rows"] if not r["agree"]]
+    assert [(r["placement"], r["this"], r["other"]) for r in bad] == [("naive, p = 0.3", "worse", "not distinguishable")]
+    assert rep["headline"]["missed"] and rep["summary"]["rate"] < 1.0
+
+
+def test_agreement_counts_only_comparisons_both_studies_made():
+    tests = run_tests(study(), design())
+    fewer = tests[tests["placement"] != VARIATIONAL]
+    s = agreement_summary(tests, fewer)
+    assert s["compared"] == len(fewer) and s["only_a"] == len(tests) - len(fewer) and s["only_b"] == 0
+
+
+def test_replicate_of_reads_a_study_data_file_or_says_in_one_line_what_is_wrong(tmp_path):
+    good = tmp_path / "memory_decay_data.csv"
+    study().to_csv(good, index=False)
+    assert len(read_study_data(good)) == len(study())
+    with pytest.raises(StudyDataError, match="no such file"):
+        read_study_data(tmp_path / "missing.csv")
+    tests_csv = tmp_path / "memory_decay_tests.csv"
+    run_tests(study(), design()).to_csv(tests_csv, index=False)
+    with pytest.raises(StudyDataError, match="lacks the columns seed, value.*not its tests table"):
+        read_study_data(tests_csv)
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"\x80\x02\x00\xff\xfe" * 50)
+    with pytest.raises(StudyDataError):
+        read_study_data(binary)
+
+
+@pytest.mark.parametrize("text, seeds", [("6", [0, 1, 2, 3, 4, 5]), ("6-11", [6, 7, 8, 9, 10, 11]),
+                                         ("0,2,5", [0, 2, 5]), ("0-2,6-7", [0, 1, 2, 6, 7]), ("3-3", [3])])
+def test_seeds_are_a_count_a_range_or_a_list(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text, message", [("0", "at least 1"), ("5-3", "runs backwards"), ("a", "bad seeds"),
+                                           ("1,1", "given twice"), ("1-", "bad seeds"), ("-2", "bad seeds")])
+def test_bad_seeds_are_one_line_naming_what_is_valid(text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse_seeds(text)
+
+
+def test_the_tradeoff_figure_puts_every_placement_on_both_axes_by_name():
+    from probe.report.tradeoff import tradeoff_figure
+
+    tests = run_tests(study(), design())
+    fig = tradeoff_figure(tests, design(), LAGS)
+    assert fig.svg is not None and "fragile" in fig.caption
+    for name in ("zaremba, p = 0.3", "naive, p = 0.3", "variational, p = 0.3"):
+        assert name in fig.svg
+    assert "lag 20" in fig.caption  # the longest learned lag
+    assert "lag 8" in tradeoff_figure(tests, design(), [3, 8]).caption
+    empty = tradeoff_figure(tests, design(), [])
+    assert empty.svg is None and "No planted lag was learned" in empty.note
