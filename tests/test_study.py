@@ -50,10 +50,21 @@ def test_smoke_report_names_every_placement_and_has_every_figure(smoke):
     for spec in SMOKE_SPECS:
         assert spec in html, spec
     figures = re.findall(r'<figure id="fig-([a-z_]+)"', html)
-    expected = {"forest", "dose", "perplexity", "influence", "probe", "gradient", "recall", "context", "position",
-                "training"}
+    expected = {"tradeoff", "forest", "dose", "perplexity", "influence", "probe", "gradient", "recall", "context",
+                "position", "training"}
     assert expected <= set(figures), figures
-    assert html.count("<svg") == len(figures)
+    assert figures[0] == "tradeoff"  # the question in one picture, first in the answer
+    notes = re.findall(r'<figure id="fig-[a-z_]+">\s*<h3>[^<]*</h3>\s*<p class="note">', html)
+    assert html.count("<svg") == len(figures) - len(notes)
+
+
+def test_title_and_headline_name_placements_and_corpora_in_words_not_specs(smoke):
+    page = json.loads((smoke / "memory_decay_smoke.json").read_text())
+    for text in [page["title"], *page["headline"]]:
+        assert "synthetic:" not in text and ":p=" not in text and "rec=" not in text, text
+    assert page["title"] == "Memory decay under dropout placements: synthetic language (8 tokens, marked copies 2, 5 and 10 back)"
+    html = unescape((smoke / "memory_decay_smoke.html").read_text())
+    assert re.search(r"<title>([^<]*)</title>", html).group(1) == page["title"]
 
 
 def test_data_beside_the_report_parses_and_matches_its_numbers(smoke):
@@ -84,7 +95,7 @@ def test_report_answers_first_with_headline_checks_and_answer_table(smoke):
     answer = main[main.index('id="answer"'):main.index('id="comparisons"')]
     headline = re.findall(r"<p>(.*?)</p>", answer[:answer.index("</div>")], re.S)
     assert 1 <= len(headline) <= 6
-    assert any("cannot reach significance at this number of seeds" in s for s in headline)  # 2 vs 2 seeds
+    assert any("verdicts are not settled" in s for s in headline)  # 2 vs 2 seeds: one seed decides every finding
     assert "Can this study answer the question?" in answer
     report = json.loads((smoke / "memory_decay_smoke.json").read_text())
     keys = [c["key"] for c in report["checks"]]

@@ -42,6 +42,7 @@ import pandas as pd
 from probe.analysis import compare, inference
 from probe.analysis.regimes import MEMORY, REGULARISATION, has_regimes, memory_reference_labels, regime_rows
 from probe.analysis.verdicts import Verdict, deciding_pvalues, verdicts
+from probe.placements import readable
 from probe.report.text import fmt, fmt_p
 
 OVERFIT_GAP = 1.05  # validation / training perplexity at the best epoch
@@ -150,7 +151,7 @@ def check_lag_span(tidy: pd.DataFrame) -> Check:
 
 
 def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Check:
-    who = "Without dropout" if reference == NO_DROPOUT else f"With the memory reference {reference}"
+    who = "Without dropout" if reference == NO_DROPOUT else f"With the memory reference {readable(reference)}"
     title = f"{who}, planted copies are recalled above chance at every planted lag"
     rows = _placement_rows(tidy, reference)
     recall = inference.per_seed(rows[rows["measure"] == "recall_accuracy"], by=("x",))
