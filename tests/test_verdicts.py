@@ -192,3 +192,22 @@ def test_the_tradeoff_figure_puts_every_placement_on_both_axes_by_name():
     assert "lag 8" in tradeoff_figure(tests, design(), [3, 8]).caption
     empty = tradeoff_figure(tests, design(), [])
     assert empty.svg is None and "No planted lag was learned" in empty.note
+
+
+def test_replication_probability_by_hand():
+    # Goodman 1992: at p exactly alpha a significant verdict repeats half the time; a null at p = 1 repeats
+    # as "not distinguishable" with 1 - 2 Phi(-1.96 / sqrt 2) = 0.834; Holm's multiplier raises the bar.
+    from probe.analysis.verdicts import replication_probability
+
+    tests = pd.DataFrame({"p_welch": [0.05, 1.0, 0.01, 0.01], "p_holm_welch": [0.049999, 1.0, 0.01, 0.03],
+                          "p_perm": [0.05, 1.0, 0.01, 0.01], "p_holm": [0.05, 1.0, 0.01, 0.03]})
+    rep = replication_probability(tests, test="welch", alpha=0.05)
+    assert rep[0] == pytest.approx(0.5, abs=1e-3)
+    assert rep[1] == pytest.approx(0.834, abs=1e-3)
+    assert rep[2] == pytest.approx(0.7335, abs=1e-3)  # z = 2.576 against 1.960: Phi(0.436)
+    assert rep[3] < rep[2]  # the same p behind a multiplier of 3
+
+
+def test_at_two_seeds_every_verdict_is_fragile():
+    tests = run_tests(study(range(2)), design())
+    assert tests["fragile"].all() and not tests["settled"].any()

@@ -113,7 +113,8 @@ def fragility(tidy: pd.DataFrame, tests: pd.DataFrame, run_tests: Callable[[pd.D
     """Per row of ``tests``: whether leaving one seed out of ``tidy`` changes its verdict.
 
     ``run_tests`` recomputes the tests table from a tidy table (the same design); a comparison that
-    cannot be computed without a seed counts as changed.
+    cannot be computed without a seed (fewer than two seeds a side) counts as changed, so at two seeds
+    every verdict is fragile.
     """
     if tests.empty:
         return pd.Series([], dtype=bool, index=tests.index)
@@ -124,8 +125,10 @@ def fragility(tidy: pd.DataFrame, tests: pd.DataFrame, run_tests: Callable[[pd.D
         left = run_tests(tidy[tidy["seed"] != seed])
         if left.empty:
             return pd.Series(True, index=tests.index)
-        other = left.assign(verdict=verdicts(left, test=test, alpha=alpha)).set_index(keys)["verdict"]
-        fragile |= other.reindex(full.index).ne(full)
+        other = left.assign(verdict=verdicts(left, test=test, alpha=alpha))
+        # Without this seed a side has fewer than two seeds: no test at all, so the verdict does not hold.
+        other.loc[(other["n"] < 2) | (other["n_ref"] < 2), "verdict"] = None
+        fragile |= other.set_index(keys)["verdict"].reindex(full.index).ne(full)
     return pd.Series(fragile.to_numpy(), index=tests.index)
 
 
