@@ -36,7 +36,7 @@ from probe.runs.cells import Cell
 from probe.runs.config import RunStatus
 from probe.runs.ray_executor import ClusterError
 from probe.measure import run_all
-from probe.placements import PLACEMENT_NAMES, PlacementError, parse_placement
+from probe.placements import PLACEMENT_NAMES, Placement, PlacementError, parse_placement
 from probe.model.language_model import LanguageModel
 from probe.report.replication import read_study_data
 from probe.runs.cli import check_corpus_fits
@@ -81,16 +81,17 @@ class StudyOutcome:
     retry: bool = True  # every failure is one a rerun can fix
 
 
-def canonical_placements(given) -> list[str]:
-    """The canonical spec of every given placement; one placement given twice is a one-line error."""
-    seen: dict[str, str] = {}
+def canonical_placements(given) -> list[Placement]:
+    """Every given placement, parsed once here (RunConfig and the model take the Placement as it is); one
+    placement given twice is a one-line error."""
+    seen: dict[str, tuple[str, Placement]] = {}
     for raw in given:
-        spec = parse_placement(raw).spec
-        if spec in seen:
-            raise PlacementError(f"placements {seen[spec]!r} and {raw!r} are the same placement ({spec}); "
-                                 "give each once")
-        seen[spec] = raw
-    return list(seen)
+        placement = parse_placement(raw)
+        if placement.spec in seen:
+            raise PlacementError(f"placements {seen[placement.spec][0]!r} and {raw!r} are the same placement "
+                                 f"({placement.spec}); give each once")
+        seen[placement.spec] = (raw, placement)
+    return [placement for _, placement in seen.values()]
 
 
 def check_plan_fits(plan: CorpusPlan, corpus, placements, device: str) -> None:
@@ -111,12 +112,13 @@ def check_plan_fits(plan: CorpusPlan, corpus, placements, device: str) -> None:
 def run_study(args) -> StudyOutcome:
     study = PRESETS[args.preset]
     variants = study.variants if not args.placements else ()
-    placements = canonical_placements(args.placements or study.placements) if not variants else list(
-        dict.fromkeys(parse_placement(p).spec for p, _ in variants))
-    reference = reference_label(placements, args.reference)
+    placements = canonical_placements(args.placements or study.placements if not variants
+                                      else dict.fromkeys(p for p, _ in variants))
+    specs = [p.spec for p in placements]
+    reference = reference_label(specs, args.reference)
     if reference is None:
         raise PlacementError(f"reference placement {args.reference!r} is not among the placements: "
-                             f"{', '.join(placements)}")
+                             f"{', '.join(specs)}")
     seeds = args.seeds if args.seeds is not None else list(range(study.seeds))
     plans = list(study.corpora)
     if args.corpus:  # one corpus, one regime: the settings of the preset's measured plan

@@ -211,3 +211,16 @@ def test_replication_probability_by_hand():
 def test_at_two_seeds_every_verdict_is_fragile():
     tests = run_tests(study(range(2)), design())
     assert tests["fragile"].all() and not tests["settled"].any()
+
+
+def test_a_placement_parsed_at_the_command_line_reaches_the_model_as_the_same_object():
+    from probe.placements import parse_placement
+    from probe.runs.config import RunConfig
+    from studies.memory_decay import canonical_placements
+
+    (placement,) = canonical_placements(["variational:rec=0.3,p=0.3"])
+    config = RunConfig(placement=placement, corpus="synthetic:vocab=8,train=2000,valid=500,test=500")
+    assert config.placement == "variational:p=0.3,rec=0.3,emb=0.0"  # the identity is the canonical spec
+    assert config.parsed_placement is placement and config.model_config(10).placement is placement
+    assert RunConfig(placement=placement.spec, corpus=config.corpus).run_id() == config.run_id()
+    assert parse_placement(placement) is placement

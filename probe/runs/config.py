@@ -13,7 +13,7 @@ import torch
 
 from probe.data.registry import corpus_fingerprint
 from probe.model.language_model import LanguageModel, ModelConfig
-from probe.placements import parse_placement
+from probe.placements import Placement, parse_placement
 from probe.preflight import check_device_name
 from kernels.layer import canonical_backend
 
@@ -30,7 +30,7 @@ class RunConfig:
 
     corpus: str = "synthetic"
     split: str = "canonical"
-    placement: str = "zaremba"
+    placement: str = "zaremba"  # a spec or a parsed Placement; kept as the canonical spec (parsed_placement: the object)
     num_layers: int = 2
     hidden_size: int = 200
     emb_size: int = 200
@@ -75,12 +75,17 @@ class RunConfig:
         check_device_name(self.device)
         # Stored in canonical form (every rate explicit), so two spellings of one placement
         # (zaremba, zaremba:p=0.5) are one configuration and one run id.
-        placement = parse_placement(self.placement)  # parsed once; the field keeps the canonical spec
+        placement = parse_placement(self.placement)  # a Placement is taken as it is; the field keeps the spec
         object.__setattr__(self, "placement", placement.spec)
         object.__setattr__(self, "_placement", placement)
         # A text corpus's digest, read once here, so that run_id() does no I/O (not a field: the
         # configuration names the corpus; the digest only tells its contents apart).
         object.__setattr__(self, "_corpus_sha256", corpus_fingerprint(self.corpus))
+
+    @property
+    def parsed_placement(self) -> Placement:
+        """The placement as the model takes it (parsed once, when this config was built)."""
+        return self._placement
 
     def lr_at(self, epoch: int) -> float:
         """The fixed schedule's learning rate of 1-based ``epoch``: held, then divided by lr_decay per epoch.
@@ -116,7 +121,7 @@ class RunConfig:
             num_layers=self.num_layers,
             tie_weights=self.tie_weights,
             init_scale=self.init_scale,
-            placement=self._placement,
+            placement=self.parsed_placement,
             backend=self.backend,
             forget_bias=self.forget_bias,
         )
