@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        first, second = read_study_data(args.first), read_study_data(args.second)
+        first, second = read_study_data(args.first, "first"), read_study_data(args.second, "second")
         rep = compare_studies(first, second, preset=args.preset, test=args.test, name=args.second)
     except StudyDataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -224,3 +224,18 @@ def test_a_placement_parsed_at_the_command_line_reaches_the_model_as_the_same_ob
     assert config.parsed_placement is placement and config.model_config(10).placement is placement
     assert RunConfig(placement=placement.spec, corpus=config.corpus).run_id() == config.run_id()
     assert parse_placement(placement) is placement
+
+
+def test_the_replicate_command_prints_the_agreement_and_refuses_a_tests_table(tmp_path, capsys):
+    from studies.replicate import main
+
+    first, second = tmp_path / "a_data.csv", tmp_path / "b_data.csv"
+    study(range(6)).to_csv(first, index=False)
+    study(range(6, 12), shift=0.001).to_csv(second, index=False)
+    assert main([str(first), str(second)]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 verdicts agree (100%)" in out and "disagree" not in out  # test perplexity: no planted lags here
+    run_tests(study(), design()).to_csv(tmp_path / "tests.csv", index=False)
+    assert main([str(tmp_path / "tests.csv"), str(second)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: first ") and "not its tests table" in err[0]

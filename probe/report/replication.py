@@ -26,19 +26,20 @@ class StudyDataError(ValueError):
     """A study's data file cannot be read as one; the message says why."""
 
 
-def read_study_data(path: str | Path) -> pd.DataFrame:
-    """A study's tidy data (``<report>_data.csv``), checked: one line naming what is wrong otherwise."""
+def read_study_data(path: str | Path, what: str = "--replicate-of") -> pd.DataFrame:
+    """A study's tidy data (``<report>_data.csv``), checked: one line naming ``what`` was given and what is
+    wrong otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise StudyDataError(f"--replicate-of {path}: no such file; give a study's <report>_data.csv")
+        raise StudyDataError(f"{what} {path}: no such file; give a study's <report>_data.csv")
     try:
         df = pd.read_csv(path, keep_default_na=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise StudyDataError(f"--replicate-of {path} is not a CSV table ({str(e).splitlines()[0]}); give a "
+        raise StudyDataError(f"{what} {path} is not a CSV table ({str(e).splitlines()[0]}); give a "
                              f"study's <report>_data.csv") from None
     missing = [c for c in STUDY_COLUMNS if c not in df.columns]
     if missing:
-        raise StudyDataError(f"--replicate-of {path} lacks the columns {', '.join(missing)}; give a study's "
+        raise StudyDataError(f"{what} {path} lacks the columns {', '.join(missing)}; give a study's "
                              f"<report>_data.csv (its tidy data), not its tests table")
     df = df.assign(**{c: v for c, v in (("layer", -1), ("mode", ""), ("regime", "")) if c not in df.columns})
     df["mode"] = df["mode"].fillna("")
