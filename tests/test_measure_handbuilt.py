@@ -279,3 +279,54 @@ def test_counterfactual_kl_is_the_float64_kl_of_the_networks_predictions(dtype):
     atol = 1e-15 if dtype == torch.float64 else 1e-13  # float32 logits of other batch shapes round differently
     assert kl == pytest.approx(expected, rel=rtol, abs=atol)
     assert (kl >= -1e-15).all()
+
+
+def majority_stream(window: int, n: int = 4000, flip: float = 0.1, seed: int = 0) -> torch.Tensor:
+    """Binary tokens where x_t is the majority of the ``window`` tokens before it (odd window), flipped with
+    probability ``flip``: a delay line of that many units predicts it from exactly those tokens."""
+    g = torch.Generator().manual_seed(seed)
+    x = [int(v) for v in torch.randint(0, 2, (window,), generator=g)]
+    noise = torch.rand(n, generator=g)
+    for t in range(window, n):
+        majority = int(sum(2 * v - 1 for v in x[t - window:t]) > 0)
+        x.append(majority if noise[t] >= flip else 1 - majority)
+    return torch.tensor(x)
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "replace"])
+def test_a_model_that_reads_exactly_the_last_k_tokens_has_a_perturbation_effective_context_of_k(kind):
+    from probe.measure.perturbation import PerturbationConfig, context_perturbation
+
+    model = delay_line(lags=5)  # 7 units: the prediction sums the signs of exactly the last 7 tokens
+    k = 7
+    config = PerturbationConfig(distances=tuple(range(1, 13)), prefix=30, targets=400, kinds=(kind,))
+    df = context_perturbation(model, majority_stream(k), config)
+    name = {"shuffle": "shuffled", "replace": "replaced"}[kind]
+    curve = df[df["measure"] == f"{name}_nll_increase"].set_index("x")["value"]
+    assert (curve.loc[k:] == 0).all()  # nothing farther than k back is read: bit-identical predictions
+    effective = df.loc[df["measure"] == f"{name}_effective_context", "value"].item()
+    if kind == "replace":  # other text in place of everything beyond d: every token within k is missed
+        intact = df.loc[df["measure"] == "perturbation_intact_nll", "value"].item()
+        assert (curve.loc[: k - 1].abs() > 0.01 * intact).all() and curve.loc[1] > 0.5
+        assert effective == k
+    else:  # shuffling keeps the bag of words, which a majority vote mostly needs: it can only show less
+        assert 1 <= effective <= k
+
+
+def test_perturbation_refuses_a_stream_too_short_for_its_largest_distance_in_one_line():
+    from probe.measure.perturbation import PerturbationConfig, context_perturbation
+
+    with pytest.raises(ValueError, match="allows a largest d of about") as e:
+        context_perturbation(delay_line(lags=5), majority_stream(7, n=300), PerturbationConfig())
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="prefix .* must be longer than the largest distance"):
+        PerturbationConfig(distances=(10, 50), prefix=40)
+
+
+def test_perturbation_effective_context_ignores_a_noisy_dip_and_is_inf_beyond_the_range():
+    from probe.measure.perturbation import effective_context
+
+    assert effective_context({1: 0.5, 2: 0.0, 5: 0.2, 10: 0.0, 20: 0.0}, 0.01) == 10
+    assert effective_context({1: 0.5, 5: -0.2, 10: 0.0}, 0.01) == 10  # a lower loss still shows use
+    assert effective_context({1: 0.5, 200: 0.2}, 0.01) == math.inf
+    assert effective_context({1: 0.0, 2: 0.0}, 0.01) == 1

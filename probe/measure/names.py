@@ -96,6 +96,12 @@ MEASURES: dict[str, MeasureName] = {m.name: m for m in (
     _m("effective_context", "effective context", "tokens", HIGHER),
     _m("position_ppl", "perplexity by position since a reset", "", LOWER, axis="position"),
     _m("position_nll", "loss by position since a reset", "nats", LOWER, axis="position"),
+    # --- context perturbation beyond distance d (probe.measure.perturbation) ---
+    _m("shuffled_nll_increase", "loss increase, context beyond d shuffled", "nats", HIGHER, axis="distance"),
+    _m("replaced_nll_increase", "loss increase, context beyond d replaced", "nats", HIGHER, axis="distance"),
+    _m("perturbation_intact_nll", "loss after the intact prefix", "nats", LOWER),
+    _m("shuffled_effective_context", "effective context, word order (shuffling)", "tokens", HIGHER),
+    _m("replaced_effective_context", "effective context (replacing)", "tokens", HIGHER),
     # --- planted recalls (probe.measure.synthetic_recall) ---
     _m("recall_accuracy", "recall accuracy of planted copies", "", HIGHER, **_LAG),
     _m("recall_accuracy_chance", "chance", "", **_LAG),
