@@ -330,3 +330,39 @@ def test_perturbation_effective_context_ignores_a_noisy_dip_and_is_inf_beyond_th
     assert effective_context({1: 0.5, 5: -0.2, 10: 0.0}, 0.01) == 10  # a lower loss still shows use
     assert effective_context({1: 0.5, 200: 0.2}, 0.01) == math.inf
     assert effective_context({1: 0.0, 2: 0.0}, 0.01) == 1
+
+
+def test_a_model_that_reads_only_the_last_token_gains_from_a_natural_copy_only_at_distance_one():
+    from probe.measure.natural_copies import NaturalCopyConfig, natural_copies
+
+    model = integrator(forget_bias=-SATURATE)  # forget gate shut: the prediction after x_{u-1} is a function of it
+    stream = tokens(8, 3000)
+    config = NaturalCopyConfig(edges=(1, 2, 5, 10), prefix=20, per_bin=200)
+    df = natural_copies(model, stream, torch.bincount(stream, minlength=8).double(), config)
+    gain = df[df["measure"] == "natural_copy_gain"].set_index("x")["value"]
+    assert gain.loc[1] != 0  # the previous occurrence is the token just read: replacing it changes the prediction
+    assert (gain.loc[2:] == 0).all()  # farther back it is never read: bit-identical predictions
+    counts = df[df["measure"] == "natural_copy_count"].set_index("x")["value"]
+    assert (counts > 0).all() and counts.max() <= 200
+
+
+def test_the_delay_line_gains_from_copies_within_its_window_and_never_beyond():
+    from probe.measure.natural_copies import NaturalCopyConfig, natural_copies
+
+    stream = majority_stream(7, n=6000)
+    config = NaturalCopyConfig(edges=(1, 2, 4, 8, 12), prefix=30, per_bin=300)
+    df = natural_copies(delay_line(lags=5), stream, torch.bincount(stream, minlength=2).double(), config)
+    gain = df[df["measure"] == "natural_copy_gain"].set_index("x")["value"]
+    assert (gain.loc[:4] != 0).all() and (gain.loc[8:] == 0).all()  # 7 tokens read: d in 8.. never matters
+
+
+def test_natural_copies_need_repeated_tokens_and_say_so_in_one_line():
+    from probe.measure.natural_copies import NaturalCopyConfig, natural_copies, previous_occurrence, similar_frequency
+
+    assert previous_occurrence(torch.tensor([3, 1, 3, 3, 2, 1])).tolist() == [0, 0, 2, 1, 0, 4]
+    assert similar_frequency(torch.tensor([5.0, 9.0, 1.0])).tolist() == [2, 0, 0]  # ranks 1, 0, 2
+    model = integrator(forget_bias=-SATURATE)
+    distinct = torch.arange(8).repeat(5)  # every token recurs exactly 8 back
+    with pytest.raises(ValueError, match="no token .* recurs within 6 tokens") as e:
+        natural_copies(model, distinct, torch.ones(8), NaturalCopyConfig(edges=(1, 2), prefix=6))
+    assert "\n" not in str(e.value)

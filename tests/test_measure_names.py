@@ -11,6 +11,7 @@ from probe.data.registry import load_corpus
 from probe.runs.cells import Cell, CellResult
 from probe.runs.config import RunResult
 from probe.measure import run_all
+from probe.measure.natural_copies import NaturalCopyConfig, natural_copies
 from probe.measure.perturbation import PerturbationConfig, context_perturbation
 from probe.model.language_model import LanguageModel
 from probe.runs.cells import training_rows
@@ -26,10 +27,12 @@ def emitted() -> set[str]:
     model = LanguageModel(config.model_config(len(corpus.vocab)))
     table = run_all(model, corpus, plan.measure)
     perturbed = context_perturbation(model, corpus.valid, PerturbationConfig(distances=(1, 5), prefix=10, targets=8))
+    copies = natural_copies(model, corpus.valid, corpus.train.bincount(minlength=len(corpus.vocab)).double(),
+                            NaturalCopyConfig(edges=(1, 2), prefix=6, per_bin=8))
     result = RunResult(config, "finished", valid_ppl=5.0, test_ppl=5.1, final_valid_ppl=5.2, final_test_ppl=5.3,
                        selected_epoch=2, seconds=1.0, epochs=[{"epoch": 1, "train_ppl": 6.0, "valid_ppl": 5.5}])
     rows = training_rows(CellResult(Cell(config, plan.measure), "finished", result, None, cached=False))
-    return set(table["measure"]) | set(perturbed["measure"]) | {r["measure"] for r in rows}
+    return set(table["measure"]) | set(perturbed["measure"]) | set(copies["measure"]) | {r["measure"] for r in rows}
 
 
 def test_every_emitted_name_is_in_the_registry(emitted):

@@ -2,8 +2,10 @@
 
 Information decay at lags 1..K (``influence``, ``probe_info``, ``gradient``,
 each with half-lives and decay rates from ``curves``), perplexity over
-sequence length (``context``), and recall of planted copies on the
-synthetic corpus (``synthetic_recall``). ``run_all`` runs every measurement
+sequence length (``context``), recall of planted copies on the
+synthetic corpus (``synthetic_recall``), and memory on natural text: context
+perturbation beyond distance d (``perturbation``) and natural copies
+(``natural_copies``), called directly for now (not yet by ``run_all``). ``run_all`` runs every measurement
 that applies to a corpus and stacks the tables. Definitions, the table
 format and timings: docs/measurements.md.
 

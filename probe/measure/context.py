@@ -31,7 +31,7 @@ from probe.model.language_model import LanguageModel
 from probe.measure import tidy
 from probe.measure.checks import check_model, check_stream, cpu_generator, eval_mode
 from probe.measure.config import MeasureConfig
-from probe.measure.stream import Layout, eval_masks, gather_windows, stream_predictions
+from probe.measure.stream import Layout, eval_masks, gather_windows, prefix_nll, stream_predictions
 
 
 def context_targets(n_tokens: int, config: MeasureConfig) -> torch.Tensor:
@@ -47,20 +47,11 @@ def context_targets(n_tokens: int, config: MeasureConfig) -> torch.Tensor:
     return layout.sample(config.context_targets, L, cpu_generator(config.seed, 6))
 
 
-@torch.no_grad()
 def window_nll(model: LanguageModel, stream: torch.Tensor, targets: torch.Tensor, L: int, chunk_tokens: int):
     """-log p(x_u | x[u-L..u-1]) from a zero state for every target u (float64, nats)."""
     if bool((targets < L).any()):
         raise ValueError(f"every target needs {L} tokens before it in the stream")
-    out = []
-    per_chunk = max(1, chunk_tokens // L)
-    for lo in range(0, targets.numel(), per_chunk):
-        u = targets[lo : lo + per_chunk]
-        x = gather_windows(stream, u - 1, L)
-        logits, _ = model(x, masks=eval_masks(model, L, u.numel()))
-        logp = F.log_softmax(logits[-1].float(), dim=-1)
-        out.append(-logp.gather(-1, stream[u.to(stream.device)].unsqueeze(-1)).squeeze(-1).double())
-    return torch.cat(out).cpu()
+    return prefix_nll(model, gather_windows(stream, targets - 1, L), stream[targets.to(stream.device)], chunk_tokens)
 
 
 def context_length_curve(

@@ -102,6 +102,12 @@ MEASURES: dict[str, MeasureName] = {m.name: m for m in (
     _m("perturbation_intact_nll", "loss after the intact prefix", "nats", LOWER),
     _m("shuffled_effective_context", "effective context, word order (shuffling)", "tokens", HIGHER),
     _m("replaced_effective_context", "effective context (replacing)", "tokens", HIGHER),
+    # --- natural copies (probe.measure.natural_copies) ---
+    _m("natural_copy_gain", "gain from a token's previous occurrence", "nats", HIGHER, axis="distance"),
+    _m("natural_copy_gain_rare", "gain from a rare token's previous occurrence", "nats", HIGHER, axis="distance"),
+    _m("natural_copy_gain_common", "gain from a common token's previous occurrence", "nats", HIGHER,
+       axis="distance"),
+    _m("natural_copy_count", "natural copies scored", "", axis="distance"),
     # --- planted recalls (probe.measure.synthetic_recall) ---
     _m("recall_accuracy", "recall accuracy of planted copies", "", HIGHER, **_LAG),
     _m("recall_accuracy_chance", "chance", "", **_LAG),

@@ -34,13 +34,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from probe.model.language_model import LanguageModel
 
 from probe.measure import tidy
 from probe.measure.checks import check_model, check_stream, cpu_generator, eval_mode
-from probe.measure.stream import eval_masks, gather_windows
+from probe.measure.stream import gather_windows, prefix_nll
 
 KINDS = ("shuffle", "replace")
 PREFIX = {"shuffle": "shuffled", "replace": "replaced"}  # measure names: <prefix>_nll_increase, ...
@@ -115,20 +114,6 @@ def perturb(prefixes: torch.Tensor, donors: torch.Tensor, d: int, kind: str, gen
     return out
 
 
-@torch.no_grad()
-def _target_nll(model: LanguageModel, prefixes: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
-    """-log p(target | prefix) from a zero state, per column (float64, nats)."""
-    P = prefixes.shape[0]
-    out = []
-    per_chunk = max(1, chunk_tokens // P)
-    for lo in range(0, prefixes.shape[1], per_chunk):
-        x = prefixes[:, lo : lo + per_chunk]
-        logits, _ = model(x, masks=eval_masks(model, P, x.shape[1]))
-        logp = F.log_softmax(logits[-1].float(), dim=-1)
-        out.append(-logp.gather(-1, targets[lo : lo + per_chunk].unsqueeze(-1)).squeeze(-1).double())
-    return torch.cat(out).cpu()
-
-
 def context_perturbation(model: LanguageModel, stream: torch.Tensor, config: PerturbationConfig = PerturbationConfig(),
                          ids: dict | None = None) -> pd.DataFrame:
     """The loss increase from perturbing everything farther than d back, per d and kind; see the module."""
@@ -142,13 +127,13 @@ def context_perturbation(model: LanguageModel, stream: torch.Tensor, config: Per
     gold = stream[targets.to(stream.device)]
     rows = []
     with eval_mode(model):
-        intact = float(_target_nll(model, prefixes, gold, config.chunk_tokens).mean())
+        intact = float(prefix_nll(model, prefixes, gold, config.chunk_tokens).mean())
         rows.append(tidy.scalar("perturbation_intact_nll", intact, mode="eval"))
         for k, kind in enumerate(config.kinds):
             g = cpu_generator(config.seed, 12 + k)
             increases = {}
             for d in sorted(config.distances):
-                nll = _target_nll(model, perturb(prefixes, donors, d, kind, g), gold, config.chunk_tokens)
+                nll = prefix_nll(model, perturb(prefixes, donors, d, kind, g), gold, config.chunk_tokens)
                 increases[d] = float(nll.mean()) - intact
                 rows.append(tidy.row(f"{PREFIX[kind]}_nll_increase", "distance", d, increases[d], mode="eval"))
             effective = effective_context(increases, config.tolerance * intact)

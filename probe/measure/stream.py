@@ -81,6 +81,21 @@ def gather_windows(stream: torch.Tensor, ends: torch.Tensor, length: int) -> tor
     return stream[ends.to(stream.device).unsqueeze(0) - offsets.to(stream.device).unsqueeze(1)]
 
 
+@torch.no_grad()
+def prefix_nll(model: LanguageModel, prefixes: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
+    """-log p(target | prefix) after reading each column of ``prefixes`` (P, M) from a zero state with
+    evaluation masks, per column (float64, nats, on the CPU)."""
+    P = prefixes.shape[0]
+    out = []
+    per_chunk = max(1, chunk_tokens // P)
+    for lo in range(0, prefixes.shape[1], per_chunk):
+        x = prefixes[:, lo : lo + per_chunk]
+        logits, _ = model(x, masks=eval_masks(model, P, x.shape[1]))
+        logp = F.log_softmax(logits[-1].float(), dim=-1)
+        out.append(-logp.gather(-1, targets[lo : lo + per_chunk].unsqueeze(-1)).squeeze(-1).double())
+    return torch.cat(out).cpu()
+
+
 def eval_masks(model: LanguageModel, T: int, B: int) -> ModelMasks:
     """Evaluation masks, explicit so that no pass depends on the module's train/eval flag."""
     return model.sample_masks(T, B, None, training=False)
