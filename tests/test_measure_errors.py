@@ -129,3 +129,26 @@ def test_run_all_without_recall_annotations_runs_everything_else(model):
     df = run_all(model, corpus(), CONFIG, {"seed": 4})
     assert "recall_accuracy" not in set(df["measure"]) and "influence_kl" in set(df["measure"])
     assert (df["placement"] == "none").all() and (df["seed"] == 4).all()
+
+
+def test_a_natural_text_measure_asked_for_without_its_configuration_is_one_line():
+    from probe.measure import MeasureConfig
+
+    with pytest.raises(ValueError, match=r"measures \['perturbation'\] need their configuration"):
+        MeasureConfig(measures=("context", "perturbation"))
+
+
+def test_natural_text_measures_that_are_off_leave_a_measurement_id_unchanged():
+    import hashlib
+    import json
+
+    from probe.measure import MeasureConfig, PerturbationConfig
+    from probe.runs.cells import Cell
+    from probe.runs.config import RunConfig
+
+    run = RunConfig(corpus="synthetic:vocab=8,train=2000,valid=500,test=500")
+    base = MeasureConfig(max_lag=5)
+    fields = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("perturbation", "natural_copies")}
+    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]  # the id before they existed
+    assert Cell(run, base).measure_id() == before
+    assert Cell(run, dataclasses.replace(base, perturbation=PerturbationConfig())).measure_id() != before

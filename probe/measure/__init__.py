@@ -5,7 +5,7 @@ each with half-lives and decay rates from ``curves``), perplexity over
 sequence length (``context``), recall of planted copies on the
 synthetic corpus (``synthetic_recall``), and memory on natural text: context
 perturbation beyond distance d (``perturbation``) and natural copies
-(``natural_copies``), called directly for now (not yet by ``run_all``). ``run_all`` runs every measurement
+(``natural_copies``), run when ``MeasureConfig.perturbation`` / ``.natural_copies`` are set. ``run_all`` runs every measurement
 that applies to a corpus and stacks the tables. Definitions, the table
 format and timings: docs/measurements.md.
 
@@ -23,7 +23,9 @@ from probe.model.language_model import LanguageModel
 
 from probe.measure import tidy
 from probe.measure.checks import check_model, heldout, unigram
-from probe.measure.config import MEASURES, MeasureConfig
+from probe.measure.config import CONFIGURED, MEASURES, MeasureConfig
+from probe.measure.natural_copies import NaturalCopyConfig, natural_copies
+from probe.measure.perturbation import PerturbationConfig, context_perturbation
 from probe.measure.context import context_length_curve, context_targets, position_curve
 from probe.measure.curves import decay_rate, half_life
 from probe.measure.gradient import gradient_sensitivity
@@ -33,7 +35,8 @@ from probe.measure.synthetic_recall import recall_accuracy
 from probe.measure.tidy import COLUMNS, validate
 
 __all__ = [
-    "COLUMNS", "MEASURES", "MeasureConfig", "context_length_curve", "context_targets", "decay_rate",
+    "COLUMNS", "MEASURES", "MeasureConfig", "NaturalCopyConfig", "PerturbationConfig", "context_length_curve",
+    "context_perturbation", "natural_copies", "context_targets", "decay_rate",
     "gradient_sensitivity", "half_life", "influence", "measures_for", "position_curve", "probe_information",
     "recall_accuracy", "run_all", "validate",
 ]
@@ -43,7 +46,8 @@ def measures_for(corpus: Corpus, config: MeasureConfig) -> tuple[str, ...]:
     """The measurements ``run_all`` runs: ``config.measures``, or every one that applies to the corpus."""
     has_lags = f"{config.split}_lag" in corpus.annotations
     if config.measures is None:
-        return tuple(m for m in MEASURES if m != "recall" or has_lags)
+        return tuple(m for m in MEASURES if (m != "recall" or has_lags)
+                     and (m not in CONFIGURED or getattr(config, m) is not None))
     if "recall" in config.measures and not has_lags:
         raise ValueError(
             f"measure 'recall' needs lag annotations ({config.split}_lag), which only synthetic corpora have; "
@@ -73,6 +77,8 @@ def run_all(
         "recall": lambda: recall_accuracy(
             model, stream, heldout_lags(corpus, config), config, ids, cue_ids=cue_ids(corpus)
         ),
+        "perturbation": lambda: context_perturbation(model, stream, config.perturbation, ids),
+        "natural_copies": lambda: natural_copies(model, stream, counts, config.natural_copies, ids),
     }
     return tidy.concat(steps[m]() for m in measures_for(corpus, config))
 

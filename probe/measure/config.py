@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MEASURES = ("influence", "probe", "gradient", "context", "position", "recall")
+from probe.measure.natural_copies import NaturalCopyConfig
+from probe.measure.perturbation import PerturbationConfig
+
+MEASURES = ("influence", "probe", "gradient", "context", "position", "recall", "perturbation", "natural_copies")
+# Measurements run only when configured (their MeasureConfig field is set): the natural-text memory measures.
+CONFIGURED = ("perturbation", "natural_copies")
 MODES = ("eval", "train")
 
 
@@ -53,6 +58,10 @@ class MeasureConfig:
     position_max: int | None = None  # position curve length; None: max(context_lengths)
     position_windows: int = 256
 
+    # --- memory on natural text (run when set; a None here leaves a configuration's identity as before) ---
+    perturbation: PerturbationConfig | None = None  # probe.measure.perturbation
+    natural_copies: NaturalCopyConfig | None = None  # probe.measure.natural_copies
+
     def __post_init__(self):
         problems = []
         positive = (
@@ -86,6 +95,9 @@ class MeasureConfig:
             unknown = [m for m in self.measures if m not in MEASURES]
             if unknown or not self.measures:
                 problems.append(f"measures must be a non-empty subset of {MEASURES} (got {self.measures!r})")
+            unset = [m for m in CONFIGURED if m in self.measures and getattr(self, m) is None]
+            if unset:
+                problems.append(f"measures {unset} need their configuration (MeasureConfig({unset[0]}=...))")
         if problems:
             raise ValueError("invalid MeasureConfig: " + "; ".join(problems))
         # Canonical forms: sorted, de-duplicated lengths.

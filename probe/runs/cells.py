@@ -53,7 +53,10 @@ class Cell:
     measure: Any = None  # a frozen dataclass, or None for training only
 
     def measure_id(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self.measure) if self.measure is not None else None, sort_keys=True)
+        fields = dataclasses.asdict(self.measure) if self.measure is not None else None
+        if fields is not None:  # measurements added later that are off leave earlier configurations' ids as they were
+            fields = {k: v for k, v in fields.items() if v is not None or k not in ("perturbation", "natural_copies")}
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def ids(self) -> dict:
