@@ -32,7 +32,9 @@ from probe.analysis.verdicts import DECIDING_TESTS
 from probe.data.corpus import CorpusError
 from probe.data.registry import load_corpus
 from probe.runs.grid import run_grid
-from probe.runs.cells import Cell
+from probe.runs.cells import Cell, run_folder
+from probe.runs.estimate import estimate
+from probe.runs.folder import RESULT
 from probe.runs.config import RunStatus
 from probe.runs.ray_executor import ClusterError
 from probe.measure import run_all
@@ -79,6 +81,7 @@ class StudyOutcome:
     failed: int  # of which failed
     not_written: list[Path]  # reports left as they were because no run of their corpus finished
     retry: bool = True  # every failure is one a rerun can fix
+    estimated_seconds: float = 0.0  # the grid's wall time predicted before it ran (probe.runs.estimate)
 
 
 def canonical_placements(given) -> list[Placement]:
@@ -94,19 +97,22 @@ def canonical_placements(given) -> list[Placement]:
     return [placement for _, placement in seen.values()]
 
 
-def check_plan_fits(plan: CorpusPlan, corpus, placements, device: str) -> None:
+def check_plan_fits(plan: CorpusPlan, corpus, placements, device: str) -> float:
     """Everything a plan's training and measurements need from its corpus, before anything trains: the
-    splits batch, and the measurements run (on an untrained model) without a deterministic error."""
+    splits batch, and the measurements run (on an untrained model) without a deterministic error.
+    Returns how long those measurements took (seconds; 0 for a plan that is not measured)."""
     config = plan.run_config(placements[0], 0, device)
     check_corpus_fits(corpus, config)
     if plan.measure is None:
-        return
+        return 0.0
     model = LanguageModel(config.model_config(len(corpus.vocab)))
+    start = time.perf_counter()
     try:
         run_all(model, corpus, plan.measure, {"placement": config.placement, "seed": 0, "run_id": "preflight"})
     except ValueError as e:
         raise CorpusError(f"corpus {plan.corpus} is too short for this preset's measurements: "
                           f"{str(e).splitlines()[0]}") from None
+    return time.perf_counter() - start
 
 
 def run_study(args) -> StudyOutcome:
@@ -141,8 +147,7 @@ def run_study(args) -> StudyOutcome:
             print(f"skipping optional corpus {plan.corpus}: {str(e).splitlines()[0]}", file=sys.stderr)
     if not corpora:
         raise CorpusError("no corpus of this preset could be loaded")
-    for plan, corpus in corpora:
-        check_plan_fits(plan, corpus, placements, args.device)
+    measuring = [check_plan_fits(plan, corpus, placements, args.device) for plan, corpus in corpora]
     preflight_folders(args)
     cells = [plan_cells(plan, placements, seeds, args.device, variants) for plan, _ in corpora]
     for (plan, _), planned in zip(corpora, cells):
@@ -150,11 +155,16 @@ def run_study(args) -> StudyOutcome:
         what = f"{len(variants)} models" if variants else f"{len(placements)} placements"
         print(f"{plan.corpus}{regime}: {len(planned)} runs ({what} x {len(seeds)} seeds) "
               f"-> {args.runs_dir}", file=sys.stderr)
+    todo = [(c.run, corpus, seconds) for (_, corpus), planned, seconds in zip(corpora, cells, measuring)
+            for c in planned if not (run_folder(args.runs_dir, c).path / RESULT).is_file()]
+    outcome_estimate = estimate(todo, args.jobs)
+    print(outcome_estimate.line(args.jobs), file=sys.stderr)
     # One grid over every plan, so that no worker waits between regimes.
     every = [c for planned in cells for c in planned]
     results = run_grid(every, args.runs_dir, run_all, jobs=args.jobs, data_dir=args.data_dir,
                        progress=not args.no_progress, executor=args.executor, address=args.address, threads=1)
-    outcome = StudyOutcome([], len(results), report_failures(results), [], retryable(results))
+    outcome = StudyOutcome([], len(results), report_failures(results), [], retryable(results),
+                           estimated_seconds=outcome_estimate.seconds)
     by_cell = iter(results)
     regimes = [Regime(plan, corpus, [next(by_cell) for _ in planned]) for (plan, corpus), planned in zip(corpora, cells)]
     # Regimes of one study share a report; corpora of a study without regimes get one report each.
@@ -224,7 +234,8 @@ def main(argv=None) -> int:
         written = f"reports written: {', '.join(map(str, outcome.reports))}" if outcome.reports else "no report written"
         print(f"error: {what}; {written}", file=sys.stderr)
         return 1
-    print(f"done in {seconds:.0f} s: " + ", ".join(str(p) for p in outcome.reports), file=sys.stderr)
+    print(f"done in {seconds:.0f} s (estimated {outcome.estimated_seconds:.0f} s before the grid): "
+          + ", ".join(str(p) for p in outcome.reports), file=sys.stderr)
     return 0
 
 

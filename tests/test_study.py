@@ -36,7 +36,16 @@ def smoke(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
     proc = run_study(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "stderr.txt").write_text(proc.stderr)
     return out
+
+
+def test_the_study_prints_its_estimated_wall_time_before_the_grid_and_the_real_one_at_the_end(smoke):
+    lines = (smoke / "stderr.txt").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("estimated wall time on this machine: about "))
+    assert "for 18 runs on 2 workers (calibrated at" in lines[first]
+    assert first < next(i for i, line in enumerate(lines) if line.startswith("report: "))
+    assert re.match(r"done in \d+ s \(estimated \d+ s before the grid\)", lines[-1]), lines[-1]
 
 
 def comparable(data: pd.DataFrame) -> pd.DataFrame:
