@@ -10,7 +10,7 @@ of the seeds, and one seed crossing over flips it). The permutation p-values sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -48,18 +48,16 @@ class StudyDesign:
     fit_reference: str = NO_DROPOUT
     test: str = "welch"
     alpha: float = 0.05
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         verdicts.deciding_column(self.test)  # an unknown test fails here, with the valid ones
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must lie in (0, 1); got {self.alpha}")
 
-    @property
-    def tradeoff(self) -> tuple[AnswerColumn, AnswerColumn | None]:
+    def tradeoff(self, learned: list[int]) -> tuple[AnswerColumn, AnswerColumn | None]:
         """The trade-off figure's axes: regularisation (test perplexity) and the memory cost at the longest
-        planted lag (copy log-probability), or None where the corpus has no planted copies."""
-        memory = [c for c in self.answer if c.metric.measure == "copy_logprob"]
+        planted lag the memory reference learned (copy log-probability), or None where it learned none."""
+        memory = [c for c in self.answer if c.metric.measure == "copy_logprob" and c.metric.x in learned]
         return self.answer[0], (memory[-1] if memory else None)
 
 

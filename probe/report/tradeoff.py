@@ -30,9 +30,7 @@ def _row(tests: pd.DataFrame, metric: str, placement: str) -> pd.Series | None:
 def tradeoff_figure(tests: pd.DataFrame, design: StudyDesign, lags_learned: list[int],
                     styles: dict[str, Style] | None = None) -> Figure:
     """One point per placement with both intervals; a note instead where either axis was not tested."""
-    fit_col, memory_col = design.tradeoff
-    learned = [c for c in design.answer if c.metric.measure == "copy_logprob" and c.metric.x in lags_learned]
-    memory_col = learned[-1] if learned else None
+    fit_col, memory_col = design.tradeoff(lags_learned)
     if memory_col is None or tests.empty:
         return Figure(KEY, TITLE, "", None, "No planted lag was learned by the memory reference (or nothing was "
                                             "tested), so memory cost has no axis here.")
