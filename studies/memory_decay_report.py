@@ -27,7 +27,7 @@ from probe.report.figures import standard_figures
 from probe.report.html import Report, collect_environment, render_report
 from probe.report.tradeoff import tradeoff_figure
 from probe.runs.config import RunConfig, RunStatus
-from probe.report.validity import learned_lags, planted_lags, validity_checks
+from probe.report.validity import CONTEXT_DISTANCE, learned_lags, planted_lags, validity_checks
 
 
 from studies.memory_decay_presets import CorpusPlan, StudyPreset
@@ -151,7 +151,8 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
     design = placement_design(planted_lags(df), study.short_lag, study.long_lag, fit_reference=reference,
                               test=getattr(args, "test", "welch"))
     tests = run_tests(df, design)
-    checks = validity_checks(df, optimum_ppl=optimum, alpha=design.alpha, test=design.test)
+    checks = validity_checks(df, optimum_ppl=optimum, alpha=design.alpha, test=design.test,
+                             context_distance=CONTEXT_DISTANCE.get(corpus.level, CONTEXT_DISTANCE["word"]))
     styles = placement_styles(df["placement"].unique())
     lead = [tradeoff_figure(tests, design, learned_lags(checks), styles),
             forest_figure(tests, [c.metric.name for c in design.answer], styles)]

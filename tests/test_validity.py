@@ -159,3 +159,32 @@ def test_a_run_that_diverged_in_its_first_epoch_does_not_break_the_checks():
 def test_memory_is_not_computable_without_chance_rows():
     rows = [r for r in recall("none", {3: 0.9, 20: 0.3}, CHANCE) if r["measure"] != "recall_accuracy_chance"]
     assert validity.check_memory_learned(table(rows)).passed is None
+
+
+def perturbed(placement: str, increase_at: dict[int, float], effective: float, seeds=range(6)) -> list[dict]:
+    rows = []
+    for s in seeds:
+        for d, inc in increase_at.items():
+            rows.append(_row(placement, s, "replaced_nll_increase", inc + 0.002 * (s - 2.5), d, "distance", "eval"))
+        rows.append(_row(placement, s, "replaced_effective_context", effective + s, mode="eval"))
+    return rows
+
+
+def test_context_used_needs_a_loss_increase_beyond_the_distance_clearly_above_zero():
+    used = validity.check_context_used(table(perturbed("zaremba:p=0.3", {20: 0.05, 50: 0.01}, 60)), "zaremba:p=0.3", 20)
+    assert used.passed is True and "zaremba, p = 0.3" in used.title and "bootstrap 95% CI" in used.detail
+    unused = validity.check_context_used(table(perturbed("zaremba:p=0.3", {20: 0.0, 50: 0.0}, 10)), "zaremba:p=0.3", 20)
+    assert unused.passed is False
+    unmeasured = validity.check_context_used(table(perturbed("zaremba:p=0.3", {50: 0.05}, 60)), "zaremba:p=0.3", 20)
+    assert unmeasured.passed is None and "measured at d = 50, not at 20" in unmeasured.detail
+
+
+def test_a_perturbation_measured_study_gets_the_context_check_at_its_level():
+    # naive is tested against zaremba at its rate, which makes zaremba the memory reference checked
+    rows = table(test_ppl("none", 4.0), test_ppl("zaremba:p=0.3", 3.7), perturbed("none", {20: 0.0, 100: 0.0}, 5),
+                 perturbed("zaremba:p=0.3", {20: 0.05, 100: 0.0}, 60),
+                 perturbed("naive:p=0.3,rec=0.3", {20: 0.0, 100: 0.0}, 5))
+    words = {c.key: c for c in validity.validity_checks(rows)}
+    chars = {c.key: c for c in validity.validity_checks(rows, context_distance=validity.CONTEXT_DISTANCE["char"])}
+    assert words["context_used"].passed is True and chars["context_used"].passed is False
+    assert "beyond 100 tokens" in chars["context_used"].title

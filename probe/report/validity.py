@@ -21,6 +21,9 @@ compare on memory) and open its report:
   the interval's lower end above chance.
 - ``fitted`` (corpora with a known optimum): the best placement's test
   perplexity is within ``FIT_TOLERANCE`` of the corpus's optimum.
+- ``context_used`` (corpora measured with context perturbation): replacing
+  everything farther than ``CONTEXT_DISTANCE`` tokens back (20 words, 100
+  characters) raises the memory reference's loss, its t-interval above 0.
 - ``converged`` (real corpora): the best placement's validation perplexity
   improved by less than ``CONVERGED`` over its last two epochs, or it peaked
   before the last epoch, so its budget did not cut it short.
@@ -175,6 +178,35 @@ def check_memory_learned(tidy: pd.DataFrame, reference: str = NO_DROPOUT) -> Che
                  {"learned_lags": learned, "failed_lags": failed})
 
 
+CONTEXT_DISTANCE = {"word": 20, "char": 100}  # "beyond the recent sentence", in tokens of each level
+
+
+def check_context_used(tidy: pd.DataFrame, reference: str, distance: int) -> Check:
+    """The memory reference uses context beyond ``distance`` on natural text: replacing everything farther
+    back (probe.measure.perturbation) raises its loss, with the t-interval across seeds above 0."""
+    title = f"The memory reference {readable(reference)} uses context beyond {distance} tokens"
+    failure = (f"The memory reference does not use context beyond {distance} tokens, so no placement can be "
+               f"said to lose long-range memory on this text.")
+    rows = _placement_rows(tidy, reference)
+    at = rows[(rows["measure"] == "replaced_nll_increase") & np.isclose(rows["x"].astype(float), distance)]
+    if at.empty:
+        measured = sorted(rows.loc[rows["measure"] == "replaced_nll_increase", "x"].dropna().unique())
+        why = (f"the perturbation was measured at d = {', '.join(f'{d:g}' for d in measured)}, not at {distance}"
+               if measured else "no context-perturbation measurements")
+        return Check("context_used", title, None, f"{readable(reference)}: {why}", failure)
+    ci = inference.mean_ci(inference.per_seed(at, by=("placement",))["value"])
+    effective = inference.per_seed(rows[rows["measure"] == "replaced_effective_context"], by=("placement",))
+    eff = inference.bootstrap_ci(effective["value"], np.median) if len(effective) else None
+    passed = ci.n >= 2 and ci.low > 0
+    detail = (f"{readable(reference)}: replacing everything beyond {distance} tokens raises the loss by "
+              f"{fmt(ci.mean, 3)} nats (95% CI [{fmt(ci.low, 3)}, {fmt(ci.high, 3)}], n = {ci.n}; needs the interval "
+              f"above 0)")
+    if eff is not None:
+        detail += (f"; effective context (median over seeds) {fmt(eff.statistic, 3)} tokens, bootstrap 95% CI "
+                   f"[{fmt(eff.low, 3)}, {fmt(eff.high, 3)}]")
+    return Check("context_used", title, bool(passed), detail, failure)
+
+
 def _best_placement(tidy: pd.DataFrame) -> tuple[str, inference.MeanCI] | None:
     est = {p: inference.mean_ci(inference.per_seed(g, by=("placement",))["value"])
            for p, g in tidy[tidy["measure"] == "test_ppl"].groupby("placement")}
@@ -230,6 +262,7 @@ SHORT = {
     "memory_learned": "without dropout, planted copies are not recalled clearly above chance at every lag",
     "fitted": f"the best model is more than {FIT_TOLERANCE:.0%} above the corpus optimum",
     "converged": "the best placement was still improving when training stopped",
+    "context_used": "the memory reference does not use context beyond the recent tokens",
 }
 
 
@@ -244,7 +277,7 @@ def learned_lags(checks) -> list[int]:
 
 
 def validity_checks(tidy: pd.DataFrame, *, optimum_ppl: float | None = None, alpha: float = 0.05,
-                    test: str = "welch") -> list[Check]:
+                    test: str = "welch", context_distance: int = CONTEXT_DISTANCE["word"]) -> list[Check]:
     """The checks that apply to this study's corpus: synthetic ones (with planted lags and a known
     optimum) get all but convergence; a real corpus gets overfitting, dropout helps and convergence.
     Each reads its regime's rows; the memory check is of every memory reference the study tests against."""
@@ -253,6 +286,9 @@ def validity_checks(tidy: pd.DataFrame, *, optimum_ppl: float | None = None, alp
     if planted_lags(memory):
         checks.append(check_lag_span(memory))
         checks += [check_memory_learned(memory, ref) for ref in memory_reference_labels(memory["placement"].unique())]
+    if (memory["measure"] == "replaced_nll_increase").any():
+        checks += [check_context_used(memory, ref, context_distance)
+                   for ref in memory_reference_labels(memory["placement"].unique())]
     if optimum_ppl is not None and math.isfinite(optimum_ppl):
         checks.append(check_fitted(memory, optimum_ppl))
     else:
