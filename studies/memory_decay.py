@@ -115,6 +115,19 @@ def check_plan_fits(plan: CorpusPlan, corpus, placements, device: str) -> float:
     return time.perf_counter() - start
 
 
+def found_synthetic_study(args):
+    """(name, tidy data) of the default study's data in --out, for a real-text report's transfer table; None
+    (with one line) when it is not there or cannot be read, which never stops the study."""
+    path = Path(args.out) / "memory_decay_data.csv"
+    if not path.is_file():
+        return None
+    try:
+        return str(path), read_study_data(path, "the synthetic study's data")
+    except ValueError as e:
+        print(f"no transfer table: {e}", file=sys.stderr)
+        return None
+
+
 def run_study(args) -> StudyOutcome:
     study = PRESETS[args.preset]
     variants = study.variants if not args.placements else ()
@@ -135,6 +148,9 @@ def run_study(args) -> StudyOutcome:
         plans = [dataclasses.replace(p, split=args.split) for p in plans]
     preflight(args, folders=False)
     replicate = (str(args.replicate_of), read_study_data(args.replicate_of)) if args.replicate_of else None
+    explicit = None
+    if args.compare_with:  # read before anything trains: a bad file is one line
+        explicit = str(args.compare_with), read_study_data(args.compare_with, "--compare-with")
     if replicate is not None and variants:
         raise ValueError("--replicate-of compares placement studies; the capacity preset has no verdicts to compare")
     corpora = []  # every corpus is found before any run trains
@@ -147,6 +163,8 @@ def run_study(args) -> StudyOutcome:
             print(f"skipping optional corpus {plan.corpus}: {str(e).splitlines()[0]}", file=sys.stderr)
     if not corpora:
         raise CorpusError("no corpus of this preset could be loaded")
+    real_text = any(corpus.entropy_rate is None for _, corpus in corpora)
+    compare_with = (explicit or found_synthetic_study(args)) if real_text else None
     measuring = [check_plan_fits(plan, corpus, placements, args.device) for plan, corpus in corpora]
     preflight_folders(args)
     cells = [plan_cells(plan, placements, seeds, args.device, variants) for plan, _ in corpora]
@@ -182,7 +200,8 @@ def run_study(args) -> StudyOutcome:
             outcome.not_written.append(path)
             continue
         write = report_capacity if variants else report_one
-        outcome.reports.append(write(group, study, path, args, reference, replicate))
+        synthetic = None if any(g.corpus.entropy_rate is not None for g in group) else compare_with
+        outcome.reports.append(write(group, study, path, args, reference, replicate, synthetic))
         print(f"report: {path}", file=sys.stderr)
     return outcome
 
@@ -212,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicate-of", type=Path, metavar="DATA_CSV",
                    help="another run of this study (its <report>_data.csv, e.g. from disjoint --seeds): the report "
                         "and the terminal set each verdict beside that study's, with the agreement rate")
+    p.add_argument("--compare-with", type=Path, metavar="DATA_CSV",
+                   help="a real-text report sets each placement's verdicts beside this synthetic study's (its "
+                        "<report>_data.csv; default: <out>/memory_decay_data.csv when it exists)")
     p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.data.registry)")
     add_grid_options(p, study="memory_decay", jobs=2)
     return p

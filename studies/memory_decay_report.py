@@ -26,6 +26,7 @@ from probe.report.plotting import placement_styles
 from probe.report.figures import standard_figures
 from probe.report.html import Report, collect_environment, render_report
 from probe.report.tradeoff import tradeoff_figure
+from probe.report.transfer import transfer_table
 from probe.runs.config import RunConfig, RunStatus
 from probe.report.validity import CONTEXT_DISTANCE, learned_lags, planted_lags, validity_checks
 
@@ -86,8 +87,11 @@ def _training_text(run: RunConfig) -> str:
 
 
 def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none",
-               replicate: tuple[str, pd.DataFrame] | None = None) -> Path:
-    """The placement study's report; ``replicate``: (name, tidy data) of another study to set beside it."""
+               replicate: tuple[str, pd.DataFrame] | None = None,
+               compare_with: tuple[str, pd.DataFrame] | None = None) -> Path:
+    """The placement study's report; ``replicate``: (name, tidy data) of another run of this study to set
+    beside it; ``compare_with``: (name, tidy data) of the synthetic study, for a real-text report's transfer
+    table."""
     df = regime_table(regimes)
     results = [r for g in regimes for r in g.results]
     two = has_regimes(df)
@@ -148,11 +152,11 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
         methods.append("Runs that did not finish (left out of every statistic): " + "; ".join(failed) + ".")
     runtime = sum(r.result.seconds for r in results if r.result is not None)
     env = collect_environment(**{"training time, all runs (s)": f"{runtime:.1f}", "jobs": str(args.jobs)})
+    distance = CONTEXT_DISTANCE.get(corpus.level, CONTEXT_DISTANCE["word"])
     design = placement_design(planted_lags(df), study.short_lag, study.long_lag, fit_reference=reference,
-                              test=getattr(args, "test", "welch"))
+                              test=getattr(args, "test", "welch"), context_distance=distance)
     tests = run_tests(df, design)
-    checks = validity_checks(df, optimum_ppl=optimum, alpha=design.alpha, test=design.test,
-                             context_distance=CONTEXT_DISTANCE.get(corpus.level, CONTEXT_DISTANCE["word"]))
+    checks = validity_checks(df, optimum_ppl=optimum, alpha=design.alpha, test=design.test, context_distance=distance)
     styles = placement_styles(df["placement"].unique())
     lead = [tradeoff_figure(tests, design, learned_lags(checks), styles),
             forest_figure(tests, [c.metric.name for c in design.answer], styles)]
@@ -168,19 +172,39 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
         name, other = replicate
         replication = replicate_study(df, other, design, other_name=name, this_tests=tests)
         print_replication(replication)
+    sentences = headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag, alpha=design.alpha)
+    tables = []
+    if compare_with is not None:  # real text beside the synthetic study
+        name, synthetic = compare_with
+        table = synthetic_transfer(tests, synthetic, name, distance, study)
+        tables.append(table)
+        if table["disagree"]:
+            sentences.insert(-1, f"On this text, the settled verdicts of {', '.join(table['disagree'])} differ from "
+                                 f"the synthetic study's (transfer table below).")
     return render_report(path, Report(
         title=f"Memory decay under dropout placements: {_title_corpus(regimes)}", question=QUESTION, config=config,
         placements=placements, tidy=df, tests=tests, summary=report_text.summarize(tests, alpha=design.alpha),
         environment=env, figures=standard_figures(regime_rows(df, MEMORY), optimum), methods=methods,
-        headline=headline(tests, checks, reference=reference, lags=lags, short_lag=study.short_lag,
-                          alpha=design.alpha),
-        checks=checks, answer=answer_table(df, tests, design.answer, reference), lead_figures=lead,
-        claims=claim_verdicts(tests, checks, placements), alpha=design.alpha, replication=replication,
+        headline=sentences[:6], checks=checks, answer=answer_table(df, tests, design.answer, reference),
+        lead_figures=lead, claims=claim_verdicts(tests, checks, placements), alpha=design.alpha,
+        replication=replication, tables=tables,
     ))
 
 
+def synthetic_transfer(tests: pd.DataFrame, synthetic: pd.DataFrame, name: str, distance: int,
+                       study: StudyPreset) -> dict:
+    """The transfer table of a real-text report against a synthetic study's data (its own design)."""
+    lags = planted_lags(synthetic)
+    design = placement_design(lags, study.short_lag, study.long_lag)
+    there = run_tests(synthetic, design)
+    learned = learned_lags(validity_checks(synthetic, test=design.test))
+    memory_there = f"copy_logprob[eval]@{max(learned):g}" if learned else None
+    return transfer_table(tests, there, memory_here=f"replaced_nll_increase[eval]@{distance:g}",
+                          memory_synthetic=memory_there, synthetic_name=name)
+
+
 def report_capacity(regimes: list[Regime], study: StudyPreset, path: Path, args, reference: str = "none",
-                    replicate=None) -> Path:
+                    replicate=None, compare_with=None) -> Path:
     """The capacity preset's report: each dropout model's equivalent size without dropout, per measure."""
     (group,) = regimes
     df = regime_table(regimes)

@@ -179,6 +179,22 @@ def test_reference_is_found_by_name_or_exact_spec():
     assert reference_label(specs, "variational") is None
 
 
+def test_a_real_text_report_sets_its_verdicts_beside_the_synthetic_study(smoke, tmp_path):
+    words = [f"w{i % 37}" for i in range(9000)]
+    corpus = tmp_path / "book.txt"
+    corpus.write_text("\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)) + "\n")
+    out = tmp_path / "out"
+    proc = run_study(out, "--corpus", str(corpus), "--placements", "none", "zaremba:p=0.25", "--seeds", "2",
+                     "--compare-with", str(smoke / "memory_decay_smoke_data.csv"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "memory_decay_smoke_book.json").read_text())
+    (table,) = [t for t in report["tables"] if t["title"].startswith("Transfer")]
+    assert table["headers"][:3] == ["placement", "regularisation here", "regularisation, synthetic"]
+    assert [row[0] for row in table["rows"]] == ["zaremba, p = 0.25"]
+    bad = run_study(tmp_path / "bad", "--corpus", str(corpus), "--compare-with", str(tmp_path / "missing.csv"))
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --compare-with ")
+
+
 def test_a_real_text_corpus_gets_the_checks_that_apply_to_it(tmp_path):
     # A user's own text: no planted copies and no known optimum, so the report checks overfitting,
     # whether dropout helps and whether the best placement converged.

@@ -239,3 +239,21 @@ def test_the_replicate_command_prints_the_agreement_and_refuses_a_tests_table(tm
     assert main([str(tmp_path / "tests.csv"), str(second)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: first ") and "not its tests table" in err[0]
+
+
+def test_the_transfer_table_sets_real_text_verdicts_beside_the_synthetic_ones_and_names_disagreements():
+    from probe.report.transfer import transfer_table
+
+    def tests(rows):
+        return pd.DataFrame([dict(metric=m, placement=p, verdict=v, settled=s) for m, p, v, s in rows])
+
+    here = tests([("test_ppl", ZAREMBA, "better", True), ("test_ppl", NAIVE, "better", True),
+                  ("replaced_nll_increase[eval]@20", NAIVE, "worse", False)])
+    there = tests([("test_ppl", "zaremba:p=0.5", "better", True), ("test_ppl", NAIVE, "worse", True),
+                   ("copy_logprob[eval]@20", NAIVE, "worse", True)])
+    t = transfer_table(here, there, memory_here="replaced_nll_increase[eval]@20",
+                       memory_synthetic="copy_logprob[eval]@20", synthetic_name="syn")
+    rows = {r[0]: r for r in t["rows"]}
+    assert rows["zaremba, p = 0.3"] == ["zaremba, p = 0.3", "better", "better", "not tested", "not tested", "yes"]
+    assert rows["naive, p = 0.3"][1:] == ["better", "worse", "worse (not settled)", "worse", "no"]
+    assert t["disagree"] == ["naive, p = 0.3"]

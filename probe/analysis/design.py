@@ -76,8 +76,10 @@ def answer_columns(lags, short_lag: int | None, fit_reference: str = NO_DROPOUT)
 
 
 def placement_design(lags, short_lag: int, long_lag: int, *, fit_reference: str = NO_DROPOUT,
-                     test: str = "welch", alpha: float = 0.05) -> StudyDesign:
-    """The placement study's design: the answer table's metrics first, then the rest of the evidence."""
+                     test: str = "welch", alpha: float = 0.05, context_distance: int = 20) -> StudyDesign:
+    """The placement study's design: the answer table's metrics first, then the rest of the evidence. On
+    natural text the memory half adds the loss increase from replacing the context beyond
+    ``context_distance`` (``probe.measure.perturbation``), where it was measured."""
     lags = tuple(int(k) for k in lags)
     answer = answer_columns(lags, short_lag, fit_reference)
     fit = [c.metric for c in answer if c.regime == REGULARISATION] + [compare.Metric("valid_ppl")]
@@ -93,6 +95,8 @@ def placement_design(lags, short_lag: int, long_lag: int, *, fit_reference: str 
         compare.Metric("probe_bits", x=short_lag, mode="eval",
                        label=f"probe information about the token {short_lag} back (top layer)", unit="bits"),
         compare.Metric("effective_context", mode="eval"),
+        compare.Metric("replaced_nll_increase", x=context_distance, mode="eval",
+                       label=f"loss increase with the context beyond {context_distance} tokens replaced", unit="nats"),
     ]
     return StudyDesign(tuple(fit), tuple(memory), answer, lags, short_lag, fit_reference, test, alpha)
 
