@@ -78,10 +78,9 @@ def similar_frequency(counts: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _targets(stream: torch.Tensor, config: NaturalCopyConfig) -> dict[tuple[int, int], torch.Tensor]:
-    """Per distance bin, up to ``per_bin`` target positions u >= prefix (seeded)."""
-    dist = previous_occurrence(stream.cpu())
-    positions = torch.arange(stream.numel())
+def _targets(dist: torch.Tensor, config: NaturalCopyConfig) -> dict[tuple[int, int], torch.Tensor]:
+    """Per distance bin, up to ``per_bin`` target positions u >= prefix (seeded); ``dist``: previous_occurrence."""
+    positions = torch.arange(dist.numel())
     g = cpu_generator(config.seed, 13)
     out = {}
     for lo, hi in config.bins():
@@ -99,13 +98,13 @@ def natural_copies(model: LanguageModel, stream: torch.Tensor, counts: torch.Ten
     ``counts``: training unigram counts (``probe.measure.checks.unigram``), for the frequency ranks."""
     model = check_model(model)
     stream = check_stream(stream, model)
-    targets = _targets(stream, config)
+    dist = previous_occurrence(stream.cpu())
+    targets = _targets(dist, config)
     if not any(len(t) for t in targets.values()):
         raise ValueError(f"no token of these {stream.numel()} held-out tokens recurs within {config.prefix} tokens "
                          f"after the first {config.prefix}: natural copies need repeated tokens; give more "
                          f"held-out text or a shorter prefix")
     swap = similar_frequency(counts.cpu())
-    dist = previous_occurrence(stream.cpu())
     median = float(counts.median())
     P = config.prefix
     rows = []

@@ -117,7 +117,8 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
             verdict = "supported" if len(worse) else "contradicted" if len(better) else "not shown"
         else:  # KEEPS_MEMORY: a significant loss at any learned lag contradicts it
             verdict = "contradicted" if len(worse) else "supported"
-        shown = worse if len(worse) else better if len(better) else rows.sort_values("p_holm_welch")
+        shown = worse if len(worse) else better if len(better) else rows.loc[
+            rows.apply(deciding_p, axis=1).sort_values().index]
         test = f"{_describe(shown.iloc[0])} ({at}; {len(worse)} of {len(rows)} significantly lower)"
         # The verdict rests on the rows that decide it: a loss (worse), else a gain, else every lag's test.
         deciding = worse if len(worse) else better if len(better) else rows
