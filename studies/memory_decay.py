@@ -30,7 +30,7 @@ from pathlib import Path
 from probe.analysis.compare import reference_label
 from probe.analysis.verdicts import DECIDING_TESTS
 from probe.data.corpus import CorpusError
-from probe.data.registry import load_corpus
+from probe.data.registry import SPLIT_MODES, load_corpus
 from probe.runs.grid import run_grid
 from probe.runs.cells import Cell, run_folder
 from probe.runs.estimate import estimate
@@ -156,7 +156,9 @@ def run_study(args) -> StudyOutcome:
     corpora = []  # every corpus is found before any run trains
     for plan in plans:
         try:
-            corpora.append((plan, load_corpus(plan.corpus, args.data_dir, split=plan.split, download=args.download)))
+            corpus = load_corpus(plan.corpus, args.data_dir, split=plan.split, download=args.download)
+            # split="auto" is resolved by what was found: the runs record the split they trained on.
+            corpora.append((dataclasses.replace(plan, split=corpus.split), corpus))
         except CorpusError as e:
             if not plan.optional:
                 raise
@@ -234,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-with", type=Path, metavar="DATA_CSV",
                    help="a real-text report sets each placement's verdicts beside this synthetic study's (its "
                         "<report>_data.csv; default: <out>/memory_decay_data.csv when it exists)")
-    p.add_argument("--split", choices=["canonical", "substitute"], help="corpus split (substitute: see probe.data.registry)")
+    p.add_argument("--split", choices=SPLIT_MODES,
+                   help="corpus split: canonical, substitute (a corpus's valid file as training text where the train "
+                        "file is absent) or auto (canonical where its files are found); see probe.data.registry")
     add_grid_options(p, study="memory_decay", jobs=2)
     return p
 

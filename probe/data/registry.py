@@ -32,7 +32,7 @@ from probe.data.download import download
 
 
 ENV_VAR = "DROPOUT_PROBE_DATA"
-SPLIT_MODES = ("canonical", "substitute")
+SPLIT_MODES = ("canonical", "substitute", "auto")  # auto: canonical where its files are found, else substitute
 
 
 # --------------------------------------------------------------------------- registry
@@ -267,6 +267,16 @@ def _plan(spec: DatasetSpec, split: str) -> tuple[dict[str, _Part], str]:
     return parts, note
 
 
+def _auto_split(spec: DatasetSpec, root: Path, download: bool) -> tuple[str, str]:
+    """split="auto": canonical where its files are all found (or may be downloaded), else substitute."""
+    if spec.single_file:
+        return "canonical", ""
+    absent = sorted({f.filename for f in spec.files.values() if not (root / spec.name / f.filename).is_file()})
+    if not absent or download:
+        return "canonical", ""
+    return "substitute", f" (chosen because {', '.join(absent)} is not in {root / spec.name})"
+
+
 def load_corpus(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -290,7 +300,9 @@ def load_corpus(
         relative to the working directory).
     split: "canonical" (the published train/valid/test files) or "substitute"
         (valid file as training text, test file halved into valid and test; for
-        when the training file is unavailable). Tiny Shakespeare is one file:
+        when the training file is unavailable), or "auto": canonical where every
+        canonical file is in the data folder (or ``download`` may fetch it),
+        substitute otherwise; the corpus's ``split`` and ``split_note`` say which. Tiny Shakespeare is one file:
         train = first 90% of its characters, valid = the last 10%, and test is
         the same text as valid (the char-rnn/nanoGPT convention has no test).
     download: fetch missing files from their canonical URLs (or ``base_url``).
@@ -304,11 +316,11 @@ def load_corpus(
     substitute split and for Tiny Shakespeare, so every token has an id.
     """
     if _is_synthetic(name):
-        if split != "canonical":
+        if split not in ("canonical", "auto"):
             raise CorpusError(f"synthetic corpora have only split='canonical' (got {split!r})")
         return load_synthetic(name, seed=seed)
     if name not in DATASETS and textcorpus.is_text_spec(name):
-        if split != "canonical":
+        if split not in ("canonical", "auto"):
             raise CorpusError(
                 f"text corpora have only split='canonical' (got {split!r}); a single file is split by its "
                 "valid= and test= fractions, a folder by its train.txt, valid.txt and test.txt"
@@ -317,8 +329,12 @@ def load_corpus(
     spec = get_dataset(name)
     if split not in SPLIT_MODES:
         raise CorpusError(f"unknown split {split!r}; valid splits: {', '.join(SPLIT_MODES)}")
-    parts, note = _plan(spec, split)
     folder = _resolve_data_dir(data_dir)
+    auto = ""
+    if split == "auto":
+        split, auto = _auto_split(spec, folder[0], download)
+    parts, note = _plan(spec, split)
+    note += auto
     paths, unverified = _ensure_files(spec, split, parts, folder, download, trust_unverified, base_url)
     if unverified:
         note += f"; UNVERIFIED (no published checksum): {', '.join(unverified)}"

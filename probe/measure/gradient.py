@@ -90,7 +90,7 @@ def _gradient_norms(model, windows, targets, init, chunk_tokens: int) -> torch.T
         with torch.enable_grad():
             leaf = model.embedding(x).detach().requires_grad_(True)
             with embeddings_as(model, leaf):
-                logits, _ = model(x, state, masks=eval_masks(model, T, hi - lo))
+                logits, _ = model(x, state, masks=eval_masks(model, T, hi - lo), last_only=True)
             logp = F.log_softmax(logits[-1].float(), dim=-1).gather(-1, targets[lo:hi].unsqueeze(-1))
             # Windows are independent rows, so the gradient of the sum is each row's own gradient.
             (grad,) = torch.autograd.grad(logp.sum(), leaf)

@@ -149,7 +149,8 @@ def _influence(model, windows, replacements, init, training: bool, config: Measu
         state = [(h[lo:hi], c[lo:hi]) for h, c in init]
         masks = model.sample_masks(T, m, mask_gen, training=training)
         logits, _, hidden = model(
-            batch, repeat_state(state, copies), masks=repeat_masks(masks, copies), return_hidden=True
+            batch, repeat_state(state, copies), masks=repeat_masks(masks, copies), return_hidden=True,
+            last_only=True,
         )
         # In float64 from the logits on: float32 log-softmax rounds each log-probability by ~1e-7, and
         # the sum p * (log p - log p') of a KL of 1e-9 or less then comes out negative. Casting the

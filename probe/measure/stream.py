@@ -90,7 +90,7 @@ def prefix_nll(model: LanguageModel, prefixes: torch.Tensor, targets: torch.Tens
     per_chunk = max(1, chunk_tokens // P)
     for lo in range(0, prefixes.shape[1], per_chunk):
         x = prefixes[:, lo : lo + per_chunk]
-        logits, _ = model(x, masks=eval_masks(model, P, x.shape[1]))
+        logits, _ = model(x, masks=eval_masks(model, P, x.shape[1]), last_only=True)
         logp = F.log_softmax(logits[-1].float(), dim=-1)
         out.append(-logp.gather(-1, targets[lo : lo + per_chunk].unsqueeze(-1)).squeeze(-1).double())
     return torch.cat(out).cpu()

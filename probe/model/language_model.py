@@ -148,8 +148,12 @@ class LanguageModel(nn.Module):
         masks: ModelMasks | None = None,
         generator: torch.Generator | None = None,
         return_hidden: bool = False,
+        last_only: bool = False,
     ):
         """Logits (T, B, V) for token ids (T, B), and the final state.
+
+        ``last_only`` decodes the last step alone (logits (1, B, V)): a reader of the final prediction
+        after a long prefix skips the T - 1 softmax layers it would discard (most of a word model's cost).
 
         Masks: the explicit ``masks`` if given (whatever the mode), else the
         placement's training masks in training mode (drawn from
@@ -174,7 +178,11 @@ class LanguageModel(nn.Module):
             )
             new_state.append((h, c))
             hidden.append(x)
-        logits = linear(apply_mask(x, masks.output), self.decoder.weight, self.decoder.bias)
+        out = masks.output
+        if last_only:
+            x = x[-1:]
+            out = out[-1:] if out is not None and out.dim() == 3 else out
+        logits = linear(apply_mask(x, out), self.decoder.weight, self.decoder.bias)
         if return_hidden:
             return logits, new_state, hidden
         return logits, new_state
