@@ -7,9 +7,11 @@ Python boundary, so backends can assume well-formed inputs.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
+from torch._C import _functions
 
 MASK_NAMES = ("recurrent", "cell_update", "cell", "zoneout_h", "zoneout_c")
 
@@ -70,3 +72,29 @@ def check_inputs(gx, h0, c0, w_hh, masks: RecurrentMasks) -> None:
                 f"mask {name!r} must be (B, H) = {(B, H)} for sequence scope or "
                 f"(T, B, H) = {(T, B, H)} for step scope; got {tuple(m.shape)}"
             )
+
+
+def first_order_only(backend: str):
+    """For the backward of an autograd Function that is not itself differentiable (hand-written, in-place,
+    compiled or Triton): under ``create_graph`` its gradients come out carrying an error that is raised
+    if, and only if, anything differentiates through them, so a double backward is never silently wrong
+    (``torch.autograd.function.once_differentiable``'s mechanism, with a message that names the way out)."""
+    message = (f"a double backward (create_graph=True, then differentiating the gradient) passed through the "
+               f"{backend} LSTM recurrence, whose backward is not differentiable; use backend='spec' for "
+               f"higher-order gradients").encode()
+
+    def wrap(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            with torch.no_grad():
+                out = backward(ctx, *grads)
+            if not torch.is_grad_enabled():  # an ordinary backward
+                return out
+            # Always wrapped, even where no incoming gradient requires grad: the gradient still depends on the
+            # saved weights, and dropping that dependence silently is what this guard exists to prevent.
+            err = _functions.DelayedError(message, len(out))
+            return err(*[None if g is None else g.detach().requires_grad_(True) for g in out])
+
+        return wrapper
+
+    return wrap

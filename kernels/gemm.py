@@ -108,6 +108,12 @@ class _Linear(torch.autograd.Function):
         flat_x = x.reshape(-1, x.shape[-1])
         flat_dy = dy.reshape(-1, dy.shape[-1])
         dx = dw = db = None
+        if torch.is_grad_enabled():  # create_graph: differentiable products, so higher orders are right
+            needs = ctx.needs_input_grad
+            dx = (flat_dy @ w).view(x.shape) if needs[0] else None
+            dw = flat_dy.t() @ flat_x if needs[1] else None
+            db = flat_dy.sum(0) if ctx.has_bias and needs[2] else None
+            return dx, dw, db
         if ctx.needs_input_grad[0]:
             dx = mm_t(flat_dy, w.t()).view(x.shape)
         if ctx.needs_input_grad[1]:

@@ -25,19 +25,25 @@ def native_supported(x: torch.Tensor) -> bool:
     return x.dtype in NATIVE_DTYPES.get(x.device.type, ())
 
 
-def lstm_layer_native(x, w_ih, bias, h0, c0, w_hh):
-    """One LSTM layer over x (T, B, I) on torch's fused LSTM: ``hs (T, B, H), (h_T, c_T)``.
+def lstm_layer_native(x, w_ih, bias, h0, c0, w_hh, *, w_hr=None, batch_sizes=None):
+    """One LSTM layer on torch's fused LSTM: ``hs, (h_T, c_T)``.
 
-    ``bias`` is the one bias per gate (4H,) or None (the recurrence adds
-    b_ih + b_hh; here b_ih = bias and b_hh = 0 give the same sum).
+    x is (T, B, I), or the (N, I) data of a ``PackedSequence`` with its ``batch_sizes`` (then hs is
+    (N, H) packed and h_T, c_T are each row's state at its own last step). ``bias`` is the one bias per
+    gate (4H,) or None (the recurrence adds b_ih + b_hh; here b_ih = bias and b_hh = 0 give the same
+    sum). ``w_hr`` (P, H) is the projection of an LSTMP layer (``nn.LSTM(proj_size=P)``).
     """
     params = [w_ih, w_hh] if bias is None else [w_ih, w_hh, bias, torch.zeros_like(bias)]
+    if w_hr is not None:
+        params.append(w_hr)
+    hx = (h0.unsqueeze(0), c0.unsqueeze(0))
     with warnings.catch_warnings():
         # cuDNN prefers weights compacted into one buffer; ours are computed per call (DropConnect), so
         # it copies them, which costs one (4H, I + H) copy per layer and call and is not worth a warning.
         warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk of memory.*")
-        hs, h_T, c_T = torch._VF.lstm(
-            x, (h0.unsqueeze(0), c0.unsqueeze(0)), params, bias is not None, 1, 0.0, torch.is_grad_enabled(),
-            False, False,
-        )
+        train = torch.is_grad_enabled()
+        if batch_sizes is None:
+            hs, h_T, c_T = torch._VF.lstm(x, hx, params, bias is not None, 1, 0.0, train, False, False)
+        else:
+            hs, h_T, c_T = torch._VF.lstm(x, batch_sizes, hx, params, bias is not None, 1, 0.0, train, False)
     return hs, (h_T[0], c_T[0])

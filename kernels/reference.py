@@ -22,14 +22,17 @@ from __future__ import annotations
 import torch
 
 from kernels import cpu_ext
-from kernels.contract import RecurrentMasks
+from kernels.contract import RecurrentMasks, first_order_only
 from kernels.gemm import PackedWeight, mm_t
 
 __all__ = ["lstm_step", "lstm_layer_loop", "lstm_layer_compiled", "lstm_layer_projected_compiled"]
 
 
-def lstm_step(gx_t, h, c, w_hh, m: RecurrentMasks):
-    """One step of the masked LSTM, exactly as docs/recurrence.md ("Forward, one step") writes it."""
+def lstm_step(gx_t, h, c, w_hh, m: RecurrentMasks, w_hr=None):
+    """One step of the masked LSTM, exactly as docs/recurrence.md ("Forward, one step") writes it.
+
+    With ``w_hr`` (P, H), the LSTM with a projection (LSTMP, ``nn.LSTM(proj_size=P)``): the new h is
+    ``w_hr (o * tanh(c))``, of size P, and the masks on h (recurrent, zoneout_h) are (…, P)."""
     hr = h if m.recurrent is None else h * m.recurrent
     z = gx_t + hr @ w_hh.t()
     i, f, g, o = z.chunk(4, dim=-1)
@@ -40,6 +43,8 @@ def lstm_step(gx_t, h, c, w_hh, m: RecurrentMasks):
     if m.cell is not None:
         c_new = c_new * m.cell
     h_new = o * c_new.tanh()
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
     if m.zoneout_c is not None:
         c_new = m.zoneout_c * c + (1 - m.zoneout_c) * c_new
     if m.zoneout_h is not None:
@@ -47,12 +52,12 @@ def lstm_step(gx_t, h, c, w_hh, m: RecurrentMasks):
     return h_new, c_new
 
 
-def lstm_layer_loop(gx, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks()):
-    """The spec: a Python loop over ``lstm_step``, differentiated by autograd."""
+def lstm_layer_loop(gx, h0, c0, w_hh, masks: RecurrentMasks = RecurrentMasks(), w_hr=None):
+    """The spec: a Python loop over ``lstm_step``, differentiated by autograd (to any order)."""
     h, c = h0, c0
     hs = []
     for t in range(gx.shape[0]):
-        h, c = lstm_step(gx[t], h, c, w_hh, masks.at(t))
+        h, c = lstm_step(gx[t], h, c, w_hh, masks.at(t), w_hr)
         hs.append(h)
     return torch.stack(hs), (h, c)
 
@@ -242,6 +247,7 @@ class _MaskedLSTM(torch.autograd.Function):
         return hs, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
+    @first_order_only("compiled")
     def backward(ctx, d_hs, d_hT, d_cT):
         h0, w_hh, gates, cs, tcs, hs, *masks = ctx.saved_tensors
         dZ, dh0, dc0, h_prev = _backward(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)
@@ -274,6 +280,7 @@ class _ProjectedMaskedLSTM(torch.autograd.Function):
         return hs, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
+    @first_order_only("compiled")
     def backward(ctx, d_hs, d_hT, d_cT):
         x, w_ih, h0, w_hh, gates, cs, tcs, hs, *masks = ctx.saved_tensors
         dZ, dh0, dc0, h_prev = _backward(d_hs, d_hT, d_cT, h0, w_hh, gates, cs, tcs, hs, masks)

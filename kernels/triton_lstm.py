@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from kernels import spill_free
-from kernels.contract import RecurrentMasks
+from kernels.contract import RecurrentMasks, first_order_only
 from kernels.row_align import align_default, pad_units, padded_width
 from kernels.triton_bw import lstm_bw_kernel
 from kernels.triton_fw import lstm_fw_kernel
@@ -421,6 +421,7 @@ class _TritonLSTM(torch.autograd.Function):
         return h[1:].to(gx.dtype), h[-1].to(gx.dtype, copy=True), c[-1].to(gx.dtype, copy=True)
 
     @staticmethod
+    @first_order_only("triton")
     def backward(ctx, d_hs, d_hT, d_cT):
         w_hh, h, c, gates, tanhc, *masks = ctx.saved_tensors
         with _on_device(w_hh.device):

@@ -29,8 +29,6 @@ even when ``batch_first=True``.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -38,8 +36,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from kernels import RecurrentMasks, canonical_backend, lstm_layer_from_input
+from kernels import RecurrentMasks, canonical_backend, linear, lstm_layer_from_input
+from kernels.native import lstm_layer_native, native_supported
+from kernels.reference import lstm_layer_loop
 
+from probe.model.packed import PackedLayout
 from probe.placements import RECURRENT_SITES, Placement, Site, dropout_mask, parse_placement, site_mask
 
 __all__ = ["LSTMMasks", "LayerMasks", "MaskedLSTM", "apply_mask", "masked_lstm_layer", "sample_layer_masks"]
@@ -83,20 +84,26 @@ def sample_layer_masks(
     training: bool,
     dtype=torch.float32,
     device=None,
+    state_size: int | None = None,
 ) -> LayerMasks:
     """One layer's masks for a forward pass over (T, B) steps.
 
     Drawn in a fixed order (weight, the recurrent sites in ``RECURRENT_SITES``
     order, input) so that a seed gives the same masks as it always has.
     ``training=False`` gives evaluation masks: none for dropout sites, the keep
-    probability for zoneout sites.
+    probability for zoneout sites. ``state_size`` is the size of h where it
+    differs from the cell's (an LSTMP layer's projection, docs/recurrence.md):
+    the masks on h (recurrent, zoneout_h) and W_hh's columns take it.
     """
     kw = dict(dtype=dtype, device=device)
+    P = hidden_size if state_size is None else state_size
     weight = None
     if training and placement.active(Site.WEIGHT):
-        weight = dropout_mask((4 * hidden_size, hidden_size), placement.rate(Site.WEIGHT), generator, **kw)
+        weight = dropout_mask((4 * hidden_size, P), placement.rate(Site.WEIGHT), generator, **kw)
+    sizes = {Site.RECURRENT: P, Site.ZONEOUT_H: P}
     # Sampled in RECURRENT_SITES' order (a seed's masks depend on it), stored by site name.
-    rec = RecurrentMasks(**{s.value: site_mask(placement, s, T, B, hidden_size, generator, training=training, **kw)
+    rec = RecurrentMasks(**{s.value: site_mask(placement, s, T, B, sizes.get(s, hidden_size), generator,
+                                               training=training, **kw)
                             for s in RECURRENT_SITES})
     inp = site_mask(placement, Site.INPUT, T, B, input_size, generator, training=training, **kw)
     return LayerMasks(inp, weight, rec)
@@ -113,6 +120,7 @@ def masked_lstm_layer(
     *,
     backend: str = "auto",
     recurrence=None,
+    w_hr: torch.Tensor | None = None,
 ):
     """One masked LSTM layer over x (T, B, I): ``hs (T, B, H), (h_T, c_T)``.
 
@@ -121,10 +129,24 @@ def masked_lstm_layer(
     bias per gate (4H,) or None. ``recurrence`` is the entry point called with
     the masked input, ``kernels.lstm_layer_from_input`` unless given (callers
     pass their own reference to it, which is where tests spy on the masked input).
+    ``w_hr`` (P, H): an LSTMP layer, on torch's fused LSTM without recurrent masks
+    and on the loop spec with them (the kernels have no projection).
     """
     w = w_hh if masks.weight is None else w_hh * masks.weight
+    x = apply_mask(x, masks.input)
+    if w_hr is not None:
+        return _projected_layer(x, w_ih, bias, h0, c0, w, w_hr, masks.recurrent, backend)
     run = lstm_layer_from_input if recurrence is None else recurrence
-    return run(apply_mask(x, masks.input), w_ih, bias, h0, c0, w, masks=masks.recurrent, backend=backend)
+    return run(x, w_ih, bias, h0, c0, w, masks=masks.recurrent, backend=backend)
+
+
+def _projected_layer(x, w_ih, bias, h0, c0, w_hh, w_hr, rec: RecurrentMasks, backend: str):
+    if all(m is None for m in rec) and backend in ("auto", "native") and native_supported(x):
+        return lstm_layer_native(x, w_ih, bias, h0, c0, w_hh, w_hr=w_hr)
+    if backend == "native":
+        raise ValueError("backend 'native' runs layers without recurrent masks; this one has "
+                         f"{', '.join(rec.present())}")
+    return lstm_layer_loop(linear(x, w_ih, bias), h0, c0, w_hh, rec, w_hr=w_hr)
 
 
 def _between_mask(shape, p: float, generator, *, dtype, device) -> torch.Tensor:
@@ -134,23 +156,38 @@ def _between_mask(shape, p: float, generator, *, dtype, device) -> torch.Tensor:
     return dropout_mask(shape, p, generator, dtype=dtype, device=device)
 
 
-def _unsupported(arg: str, value, why: str) -> ValueError:
-    return ValueError(f"MaskedLSTM does not support {arg}={value!r} ({why})")
+def _masks_free(masks: LSTMMasks) -> bool:
+    """No mask anywhere in this pass: the module computes nn.LSTM's function."""
+    layers = all(m.input is None and m.weight is None and all(r is None for r in m.recurrent) for m in masks.layers)
+    return layers and masks.output is None and all(b is None for b in masks.between or ())
 
 
-class MaskedLSTM(nn.Module):
+class MaskedLSTM(nn.LSTM):
     """``torch.nn.LSTM`` with a dropout placement (``probe.placements``).
 
     ``MaskedLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    *, placement="none", backend="auto", **rates)``: the ``nn.LSTM`` arguments keep their
-    meaning and order; ``placement`` is a spec (``"variational:p=0.3,rec=0.3"``) or a
-    ``Placement``, and keyword rates are merged into it (``placement="variational", rec=0.3``).
-    ``bidirectional=True`` and ``proj_size > 0`` are refused. ``backend`` is
-    ``kernels.lstm_layer``'s ("auto": Triton for CUDA tensors, the reference elsewhere).
+    bidirectional=False, proj_size=0, device=None, dtype=None, *, placement="none", backend="auto",
+    **rates)``: a subclass of ``nn.LSTM``, so its arguments, checks, parameters, state dict,
+    ``_flat_weights`` and everything that wraps an ``nn.LSTM`` (``weight_norm``, parametrizations,
+    weight-drop wrappers) are nn.LSTM's. ``placement`` is a spec (``"variational:p=0.3,rec=0.3"``) or a
+    ``Placement``; keyword rates are merged into it (``placement="variational", rec=0.3``).
+    ``backend`` is ``kernels.lstm_layer``'s ("auto": torch's fused LSTM where no mask is on the
+    recurrence, Triton for CUDA tensors, the compiled loop elsewhere).
 
-    ``forward(input, hx=None, *, generator=None, masks=None)`` returns
-    ``output, (h_n, c_n)`` exactly as ``nn.LSTM`` does; the ``output`` site masks
-    ``output`` only, never ``h_n``.
+    ``forward(input, hx=None, *, generator=None, masks=None)`` takes what ``nn.LSTM`` takes (a padded
+    tensor, batch-first or not, unbatched, or a ``PackedSequence``) and returns ``output, (h_n, c_n)``
+    exactly as it does. A pass without any mask (placement ``none``, or evaluation of a dropout
+    placement) is ``nn.LSTM.forward`` itself. With masks:
+
+    - each layer and direction has its own masks (``LSTMMasks.layers[k * D + d]``, nn.LSTM's order of
+      weights), time-major in the order that direction reads the sequence (step 0 of the reverse
+      direction is each row's last token);
+    - explicit ``masks`` follow the input's batch order (as ``hx`` does), also for a ``PackedSequence``;
+    - a packed row is computed as that row alone would be (``probe.model.packed``);
+    - with ``proj_size``, the masks on h (recurrent, zoneout_h, W_hh's DropConnect) have its size, the
+      cell's masks the hidden size, and layers with recurrent masks run the loop spec.
+
+    The ``output`` site masks ``output`` only, never ``h_n``.
     """
 
     def __init__(
@@ -170,28 +207,6 @@ class MaskedLSTM(nn.Module):
         backend: str = "auto",
         **rates,
     ):
-        super().__init__()
-        if bidirectional:
-            raise _unsupported(
-                "bidirectional", bidirectional,
-                "the masked recurrence runs forward in time only; run a second MaskedLSTM on the time-reversed input",
-            )
-        if proj_size:
-            raise _unsupported("proj_size", proj_size, "LSTMs with projections are not implemented; leave proj_size=0")
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MaskedLSTM {name} must be a positive integer; got {value!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
-            raise ValueError(
-                f"MaskedLSTM dropout should be a number in range [0, 1] representing the probability of an element "
-                f"being zeroed; got {dropout!r}"
-            )
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=2,
-            )
         backend = canonical_backend(backend)
         pl = parse_placement(placement, **rates)
         if pl.active(Site.EMBEDDING):
@@ -199,55 +214,56 @@ class MaskedLSTM(nn.Module):
                 f"placement {pl.spec!r} puts rate {pl.rate(Site.EMBEDDING):g} on the 'embedding' site, which MaskedLSTM "
                 "does not have (its input is not token ids); drop word types where the embedding is, or set emb=0"
             )
+        # warnings.warn inside nn.LSTM points at this frame; the user's call is one further up.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                             proj_size, device, dtype)
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=2)
+        if proj_size and backend in ("compiled", "triton") and any(pl.active(s) for s in RECURRENT_SITES):
+            raise ValueError(f"backend {backend!r} has no projection (proj_size); LSTMP layers with recurrent masks "
+                             "run the loop spec: use backend='auto' or 'spec'")
         self.placement: Placement = pl
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
-        self.bidirectional, self.proj_size, self.mode = False, 0, "LSTM"
         self.backend = backend
-        factory = dict(device=device, dtype=dtype)
-        H4 = 4 * hidden_size
-        # Registered in nn.LSTM's order, so parameters() (and an optimizer's state) line up with its.
-        for k in range(num_layers):
-            layer_in = input_size if k == 0 else hidden_size
-            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(H4, layer_in, **factory)))
-            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(H4, hidden_size, **factory)))
-            if self.bias:
-                self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(H4, **factory)))
-                self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(H4, **factory)))
-        self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """As nn.LSTM: every parameter uniform in [-1/sqrt(hidden_size), 1/sqrt(hidden_size)]."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -stdv, stdv)
+    # --- plain data when pickled: a saved model loads under weights_only with MaskedLSTM allowed -------
 
-    def flatten_parameters(self) -> None:
-        """A no-op, for code written for nn.LSTM (there is no cuDNN weight buffer to compact)."""
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["placement"] = self.placement.spec
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["placement"] = parse_placement(state["placement"])
+        super().__setstate__(state)
+
+    # --- what nn.LSTM has, and the masked layers need -------------------------------------------------
 
     @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        """As nn.LSTM: per layer, [weight_ih, weight_hh(, bias_ih, bias_hh)]."""
-        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        return [[getattr(self, f"{n}_l{k}") for n in names] for k in range(self.num_layers)]
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
 
-    def layer_bias(self, k: int) -> torch.Tensor | None:
-        """The one bias per gate the recurrence adds: bias_ih_l{k} + bias_hh_l{k}, or None without biases."""
+    @property
+    def state_size(self) -> int:
+        """The size of h: proj_size where there is a projection, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def layer_bias(self, k: int, direction: int = 0) -> torch.Tensor | None:
+        """The one bias per gate the recurrence adds: bias_ih + bias_hh of layer k, or None without biases."""
         if not self.bias:
             return None
-        return getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
+        suffix = f"_l{k}" + ("_reverse" if direction else "")
+        return getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
+
+    def _weights(self, k: int, direction: int):
+        suffix = f"_l{k}" + ("_reverse" if direction else "")
+        w_hr = getattr(self, "weight_hr" + suffix) if self.proj_size else None
+        return getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix), self.layer_bias(k, direction), w_hr
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
-        s += f", placement={self.placement.spec!r}"
+        s = super().extra_repr() + f", placement={self.placement.spec!r}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
@@ -265,17 +281,20 @@ class MaskedLSTM(nn.Module):
         device=None,
     ) -> LSTMMasks:
         """The masks of one forward pass over (T, B) steps (time-major), in the parameters' dtype and device
-        unless given. ``training=False`` gives evaluation masks (none but zoneout's expectation)."""
+        unless given. ``training=False`` gives evaluation masks (none but zoneout's expectation).
+        ``layers`` holds num_layers x num_directions entries, in nn.LSTM's order of weights."""
         ref = self.weight_ih_l0
         kw = dict(dtype=ref.dtype if dtype is None else dtype, device=ref.device if device is None else device)
-        pl, H = self.placement, self.hidden_size
+        pl, H, P, D = self.placement, self.hidden_size, self.state_size, self.num_directions
+        state = None if P == H else P
         layers = [
-            sample_layer_masks(pl, T, B, self.input_size if k == 0 else H, H, generator, training=training, **kw)
-            for k in range(self.num_layers)
+            sample_layer_masks(pl, T, B, self.input_size if k == 0 else P * D, H, generator, training=training,
+                               state_size=state, **kw)
+            for k in range(self.num_layers) for _ in range(D)
         ]
-        output = site_mask(pl, Site.OUTPUT, T, B, H, generator, training=training, **kw)
+        output = site_mask(pl, Site.OUTPUT, T, B, P * D, generator, training=training, **kw)
         between = [
-            _between_mask((T, B, H), self.dropout, generator, **kw) if training and self.dropout > 0 else None
+            _between_mask((T, B, P * D), self.dropout, generator, **kw) if training and self.dropout > 0 else None
             for _ in range(self.num_layers - 1)
         ]
         return LSTMMasks(layers, output, between)
@@ -284,73 +303,151 @@ class MaskedLSTM(nn.Module):
 
     def forward(
         self,
-        input: torch.Tensor,
+        input,
         hx: tuple[torch.Tensor, torch.Tensor] | None = None,
         *,
         generator: torch.Generator | None = None,
         masks: LSTMMasks | None = None,
     ):
-        """``output, (h_n, c_n)`` as nn.LSTM: input (T, B, I), (B, T, I) with batch_first, or unbatched (T, I);
-        hx and the state each (num_layers, B, H), or (num_layers, H) unbatched.
-
-        Masks: the explicit ``masks`` if given (whatever the mode), else the
-        placement's training masks in training mode (drawn from ``generator``),
-        else its evaluation masks.
-        """
-        if isinstance(input, PackedSequence):
-            raise ValueError("MaskedLSTM does not support PackedSequence input; pass a padded (T, B, I) tensor")
-        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
-            shape = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
-            raise ValueError(f"MaskedLSTM expects input of shape (T, B, I), (B, T, I) with batch_first, or (T, I); got {shape}")
-        batched = input.dim() == 3
-        if input.shape[-1] != self.input_size:
-            raise ValueError(f"MaskedLSTM input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.shape[-1]}")
-        if batched:
-            x = input.transpose(0, 1) if self.batch_first else input
+        """``output, (h_n, c_n)`` as nn.LSTM; masks as the class says: the explicit ``masks`` if given
+        (whatever the mode), else the placement's training masks in training mode (drawn from
+        ``generator``), else its evaluation masks."""
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            # nn.LSTM leaves packed data unchecked (a wrong size fails inside a product); this says what is wrong
+            self.check_input(data, batch_sizes)
+            T, B = int(batch_sizes.numel()), int(batch_sizes[0]) if batch_sizes.numel() else 0
+            ref = data
         else:
-            x = input.unsqueeze(1)
-        T, B, _ = x.shape
-        L, H = self.num_layers, self.hidden_size
-        if hx is None:
-            h0, c0 = x.new_zeros(L, B, H), x.new_zeros(L, B, H)
-        else:
-            h0, c0 = self._check_hx(hx, batched, B)
-            if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"LSTM: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batched = input.dim() == 3
+            T = input.shape[1 if batched and self.batch_first else 0]
+            B = (input.shape[0 if self.batch_first else 1]) if batched else 1
+            ref = input
         if masks is None:
-            masks = self.sample_masks(T, B, generator, training=self.training, dtype=x.dtype, device=x.device)
-        elif len(masks.layers) != L or len(masks.between or ()) not in (0, L - 1):
+            masks = self.sample_masks(T, B, generator, training=self.training, dtype=ref.dtype, device=ref.device)
+            if (_masks_free(masks) and self.backend in ("auto", "native") and native_supported(ref)) \
+                    or T == 0 or B == 0 or ref.numel() == 0:
+                # nn.LSTM's function, and its own answers for empty batches and empty sequences
+                return super().forward(input, hx)
+        else:
+            self._check_masks(masks)
+            if T == 0 or B == 0 or ref.numel() == 0:
+                return super().forward(input, hx)
+        if packed:
+            return self._forward_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, masks)
+        return self._forward_padded(input, hx, masks)
+
+    def _check_masks(self, masks: LSTMMasks) -> None:
+        L, D = self.num_layers, self.num_directions
+        if not isinstance(masks, LSTMMasks):
+            raise ValueError(f"masks must be an LSTMMasks (see sample_masks); got {type(masks).__name__}")
+        if len(masks.layers) != L * D or len(masks.between or ()) not in (0, L - 1):
             raise ValueError(
                 f"masks hold {len(masks.layers)} layers and {len(masks.between or ())} between-layer masks; "
-                f"this MaskedLSTM needs {L} and {L - 1} (or none)"
+                f"this MaskedLSTM needs {L * D} (num_layers x directions) and {L - 1} (or none)"
             )
-        between = list(masks.between or ()) or [None] * (L - 1)
-        h_n, c_n = [], []
-        for k in range(L):
-            if k > 0:
-                x = apply_mask(x, between[k - 1])
-            x, (h, c) = masked_lstm_layer(
-                x, getattr(self, f"weight_ih_l{k}"), self.layer_bias(k), h0[k], c0[k],
-                getattr(self, f"weight_hh_l{k}"), masks.layers[k], backend=self.backend,
-            )
-            h_n.append(h)
-            c_n.append(c)
-        output = apply_mask(x, masks.output)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if not batched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)
 
-    def _check_hx(self, hx, batched: bool, B: int):
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ValueError("MaskedLSTM hx must be a pair (h_0, c_0)")
-        L, H = self.num_layers, self.hidden_size
-        expected = (L, B, H) if batched else (L, H)
-        for name, t in zip(("h_0", "c_0"), hx):
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
-                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                kind = "batched 3-D" if batched else "unbatched 2-D"
-                raise ValueError(f"MaskedLSTM {name} must be (num_layers, {'B, ' if batched else ''}H) = {expected} for {kind} input; got {got}")
-        return hx[0], hx[1]
+    def _initial_state(self, x: torch.Tensor, B: int):
+        D, L = self.num_directions, self.num_layers
+        h0 = torch.zeros(L * D, B, self.state_size, dtype=x.dtype, device=x.device)
+        return h0, torch.zeros(L * D, B, self.hidden_size, dtype=x.dtype, device=x.device)
+
+    def _forward_padded(self, input: torch.Tensor, hx, masks: LSTMMasks):
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1 if not self.batch_first else 0)
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        B = x.shape[1]
+        if hx is None:
+            hx = self._initial_state(x, B)
+        else:
+            hx = self._batched_hx(hx, batched)
+        self.check_forward_args(x if not self.batch_first else x.transpose(0, 1), hx, None)
+        out, (h_n, c_n) = self._layers(x, hx, masks, None)
+        if not batched:
+            return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
+
+    def _batched_hx(self, hx, batched: bool):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, torch.Tensor) for t in hx):
+            raise RuntimeError("LSTM hx must be a tuple (h_0, c_0) of tensors")
+        want = 3 if batched else 2
+        if hx[0].dim() != want or hx[1].dim() != want:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                               f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+        return tuple(hx) if batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+
+    def _forward_packed(self, data, batch_sizes, sorted_indices, unsorted_indices, hx, masks: LSTMMasks):
+        layout = PackedLayout.of(batch_sizes, device=data.device)
+        if hx is None:
+            hx = self._initial_state(data, layout.B)
+        else:
+            hx = self._batched_hx(hx, True)
+            self.check_forward_args(data, hx, batch_sizes)
+            hx = self.permute_hidden(hx, sorted_indices)
+        if sorted_indices is not None:  # explicit masks follow the caller's batch order, as hx does
+            masks = _rows(masks, sorted_indices)
+        out, hidden = self._layers(data, hx, masks, layout)
+        return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(hidden, unsorted_indices)
+
+    def _layers(self, x, hx, masks: LSTMMasks, layout: PackedLayout | None):
+        """Every layer and direction over x: time-major (T, B, I) padded, or packed (N, I) with ``layout``."""
+        h0, c0 = hx
+        D = self.num_directions
+        between = list(masks.between or ()) or [None] * (self.num_layers - 1)
+        h_n, c_n = [], []
+        for k in range(self.num_layers):
+            if k > 0:
+                x = self._mask(x, between[k - 1], layout)
+            outs = []
+            for d in range(D):
+                out, (h, c) = self._direction(x, k, d, h0[k * D + d], c0[k * D + d], masks.layers[k * D + d], layout)
+                outs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            x = outs[0] if D == 1 else torch.cat(outs, -1)
+        return self._mask(x, masks.output, layout), (torch.stack(h_n), torch.stack(c_n))
+
+    @staticmethod
+    def _mask(x, mask, layout):
+        if mask is None:
+            return x
+        return x * (mask if layout is None else layout.step_mask(mask))
+
+    def _direction(self, x, k: int, d: int, h0, c0, m: LayerMasks, layout: PackedLayout | None):
+        """Layer k, direction d (1: reverse) over x; outputs in the input's order of steps."""
+        w_ih, w_hh, bias, w_hr = self._weights(k, d)
+        if layout is None:
+            xs = x.flip(0) if d else x
+            hs, state = masked_lstm_layer(xs, w_ih, bias, h0, c0, w_hh, m, backend=self.backend, w_hr=w_hr)
+            return (hs.flip(0) if d else hs), state
+        xs = layout.reverse(x) if d else x
+        if all(r is None for r in m.recurrent) and self.backend in ("auto", "native") and native_supported(xs):
+            # torch's fused LSTM reads packed data itself; the input and weight masks are applied first
+            xm = self._mask(xs, m.input, layout)
+            w = w_hh if m.weight is None else w_hh * m.weight
+            hs, state = lstm_layer_native(xm, w_ih, bias, h0, c0, w, w_hr=w_hr, batch_sizes=layout.batch_sizes)
+        else:
+            rec = layout.freeze(m.recurrent, self.state_size, self.hidden_size, xs.dtype, xs.device)
+            hs, state = masked_lstm_layer(layout.pad(xs), w_ih, bias, h0, c0, w_hh, LayerMasks(m.input, m.weight, rec),
+                                          backend=self.backend, w_hr=w_hr)
+            hs = layout.pack(hs)
+        return (layout.reverse(hs) if d else hs), state
+
+
+def _rows(masks: LSTMMasks, index: torch.Tensor) -> LSTMMasks:
+    """``masks`` with their batch rows taken in ``index``'s order (weight masks have no rows)."""
+    def take(m):
+        if m is None:
+            return None
+        return m.index_select(1 if m.dim() == 3 else 0, index.to(m.device))
+
+    layers = [LayerMasks(take(m.input), m.weight, m.recurrent.map(take)) for m in masks.layers]
+    return LSTMMasks(layers, take(masks.output), [take(b) for b in masks.between or ()])

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.reference import compiled_loop
+
 from probe.data.corpus import Corpus
 from probe.runs.config import RunConfig
 from probe.runs.train import train
@@ -66,6 +68,14 @@ def calibrate(config: RunConfig, corpus: Corpus, *, threads: int | None = 1) -> 
     return float(result.epochs[0]["words_per_sec"])
 
 
+def warm_up(config: RunConfig, corpus: Corpus, *, threads: int | None = 1) -> None:
+    """Pay once, untimed, what only a process's first run pays: building or loading the compiled CPU loop
+    (tens of seconds on a fresh clone) and the first training step's setup. Timed, they made the first
+    calibration read 1k tokens/s where runs trained at 30k, and the estimate 10 times too long."""
+    compiled_loop(torch.zeros(1))
+    calibrate(config, corpus, threads=threads)
+
+
 def run_seconds(config: RunConfig, corpus: Corpus, speed: float) -> float:
     """One run's predicted training and evaluation time at ``speed`` training tokens per second."""
     train_tokens = min(config.train_tokens or corpus.train.numel(), corpus.train.numel())
@@ -77,6 +87,8 @@ def estimate(runs: list[tuple[RunConfig, Corpus, float]], jobs: int, *, threads:
     """The wall time of ``runs`` (config, corpus, seconds its measurements take; those not cached) on ``jobs``
     workers, from one calibration per kind of run."""
     speeds: dict[str, float] = {}
+    if runs:
+        warm_up(*runs[0][:2], threads=threads)
     for config, corpus, _ in runs:
         if kind(config) not in speeds:
             speeds[kind(config)] = calibrate(config, corpus, threads=threads)
