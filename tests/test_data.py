@@ -122,6 +122,26 @@ def test_unknown_corpus_names_the_valid_ones():
 # --------------------------------------------------------------------------- real corpora
 
 
+def test_auto_split_is_canonical_where_the_training_file_is_found_and_substitute_elsewhere(shared_data, tmp_path):
+    auto = load_corpus("ptb", shared_data, split="auto")
+    if (shared_data / "ptb" / "ptb.train.txt").is_file():
+        assert auto.split == "canonical"
+    else:
+        substitute = load_corpus("ptb", shared_data, split="substitute")
+        assert auto.split == "substitute" and "ptb.train.txt is not in" in auto.split_note
+        assert torch.equal(auto.train, substitute.train) and torch.equal(auto.test, substitute.test)
+    # a folder holding all three files: canonical (tiny stand-ins; the checksums are not what is tested)
+    folder = tmp_path / "ptb"
+    folder.mkdir()
+    for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
+        (folder / name).write_text("a b c\n")
+    from probe.data import registry
+    assert registry._auto_split(registry.get_dataset("ptb"), tmp_path, download=False) == ("canonical", "")
+    assert registry._auto_split(registry.get_dataset("tinyshakespeare"), tmp_path, download=False) == ("canonical", "")
+    assert load_corpus("tinyshakespeare", shared_data, split="auto").split == "canonical"
+    assert load_corpus("synthetic:vocab=8,train=200,valid=100,test=100", split="auto").split == "canonical"
+
+
 def test_ptb_substitute_split_vocabulary_covers_valid_and_test(shared_data):
     corpus = load_corpus("ptb", shared_data, split="substitute")
     assert corpus.split == "substitute" and "substitute" in corpus.split_note

@@ -13,6 +13,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pack_sequence
 
@@ -137,6 +139,22 @@ def test_packed_input_is_nn_lstms(backend, bidirectional, proj_size, enforce_sor
             assert torch.equal(out.sorted_indices, p.sorted_indices) and torch.equal(out.unsorted_indices, p.unsorted_indices)
     tol = TOL if backend != "auto" else dict(rtol=0, atol=0)  # auto is nn.LSTM's own call
     assert_close_all(results[1], results[0], tol)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5), bidirectional=st.booleans(),
+       proj=st.booleans(), L=st.integers(1, 2), enforce_sorted=st.booleans(), seed=st.integers(0, 2**16))
+def test_packed_input_on_the_compiled_loop_is_nn_lstms_over_random_batches(lengths, bidirectional, proj, L,
+                                                                          enforce_sorted, seed):
+    if enforce_sorted:
+        lengths = sorted(lengths, reverse=True)
+    ref, ours = pair(3, 4, L, backend="compiled", seed=seed, bidirectional=bidirectional, proj_size=2 if proj else 0)
+    x = padded_batch(lengths, I=3, seed=seed)
+    hx = state(ref, len(lengths), seed=seed + 1)
+    leaves = {"x": x, "h0": hx[0], "c0": hx[1]}
+    got = [run_and_grads(m, pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted), hx, leaves)
+           for m in (ref, ours)]
+    assert_close_all(got[1], got[0])
 
 
 @pytest.mark.parametrize("bidirectional,proj_size", SHAPES)

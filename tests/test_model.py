@@ -61,6 +61,18 @@ def test_forward_shapes(vocab_size):
     assert all(torch.equal(h, x[-1]) for (h, _), x in zip(state, hidden))
 
 
+@pytest.mark.parametrize("spec", ["none", "zoneout:p=0.2,zc=0.3,zh=0.3", "naive:p=0.3,rec=0.3"])
+def test_last_only_decodes_the_last_step_alone(spec):
+    model = make_model(placement=spec)
+    ids = ids_of(6, 3)
+    masks = model.sample_masks(6, 3, torch.Generator().manual_seed(0), training=True)
+    full, state = model(ids, masks=masks)
+    last, state_last = model(ids, masks=masks, last_only=True)
+    assert last.shape == (1, 3, full.shape[-1])
+    torch.testing.assert_close(last, full[-1:], rtol=0, atol=1e-12)
+    assert all(torch.equal(h, u) and torch.equal(c, v) for (h, c), (u, v) in zip(state, state_last))
+
+
 def test_single_layer_and_single_step():
     model = make_model(num_layers=1)
     logits, state = model(ids_of(1, 1))
