@@ -15,7 +15,8 @@ kind and scope, both launch modes, NaN-poisoned outputs, float32 "ieee"
 against the float64 spec ``kernels.reference.lstm_layer_loop``); more tiles
 than SMs and a deliberately oversized cooperative grid; bfloat16, float16
 and tf32 against float64; first-call compile time; timings against
-torch.nn.LSTM (cuDNN). Every stage also reports the registers and spills of
+torch.nn.LSTM (cuDNN); MaskedLSTM on packed bidirectional batches against
+the spec and against nn.LSTM. Every stage also reports the registers and spills of
 the kernels it compiled.
 """
 
@@ -502,11 +503,83 @@ def stage_alignment() -> dict:
     return {"ok": True, "rows": rows, "lines": lines, "kernels": _compiled_kernels()}
 
 
+def _dropin_correctness(T: int, B: int, I: int, H: int, tol: float) -> dict:
+    """MaskedLSTM on a packed, bidirectional batch of mixed lengths, float32 Triton against the float64 spec,
+    for a recurrent-mask placement and zoneout: outputs, final states and the input's gradient."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from probe.masked_lstm import MaskedLSTM
+    from probe.model.masked_lstm import LayerMasks, LSTMMasks
+
+    rows, failures = [], []
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    on = lambda t, dtype: None if t is None else t.to(DEVICE, dtype)  # noqa: E731
+    for spec in ("variational:p=0.3,rec=0.3", "zoneout:p=0.1,zc=0.2,zh=0.1", "naive:p=0.3,rec=0.3"):
+        torch.manual_seed(0)
+        ref = MaskedLSTM(I, H, 2, bidirectional=True, placement=spec, backend="spec").double()
+        tri = MaskedLSTM(I, H, 2, bidirectional=True, placement=spec, backend="triton").to(DEVICE)
+        tri.load_state_dict(ref.state_dict())
+        masks = ref.sample_masks(T, B, torch.Generator().manual_seed(1))
+        outs = []
+        for module, dtype, device in ((ref, torch.float64, "cpu"), (tri, torch.float32, DEVICE)):
+            m = LSTMMasks([LayerMasks(on(u.input, dtype), on(u.weight, dtype), u.recurrent.map(lambda t: on(t, dtype)))
+                           for u in masks.layers], on(masks.output, dtype), [on(b, dtype) for b in masks.between])
+            xi = x.to(device, dtype).requires_grad_(True)
+            out, (h, c) = module(pack_padded_sequence(xi, lengths, enforce_sorted=False), masks=m)
+            (gx,) = torch.autograd.grad(out.data.sum() + h.sum() + c.sum(), xi)
+            outs.append([t.detach().double().cpu() for t in (out.data, h, c, gx)])
+        errs = {name: _rel_err(a, b) for name, a, b in zip(("output", "h_n", "c_n", "d_input"), outs[1], outs[0])}
+        rows.append({"placement": spec, **errs})
+        if not all(e <= tol for e in errs.values()):
+            failures.append(f"{spec}: {errs}")
+    return {"ok": not failures, "rows": rows, "failures": failures}
+
+
+def stage_dropin() -> dict:
+    """MaskedLSTM as nn.LSTM's drop-in on CUDA: packed bidirectional batches, correctness and speed."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from probe.masked_lstm import MaskedLSTM
+
+    result = _dropin_correctness(50, 32, 128, 128, tol=2e-4)
+    T, B, I, H = 50, 32, 256, 256
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(T // 10, T + 1, (B,), generator=g)
+    lengths[0] = T
+    x = torch.randn(T, B, I, generator=g).to(DEVICE).requires_grad_(True)
+    timings = {}
+    for name, build, packed in (
+        ("nn_lstm", lambda: nn.LSTM(I, H, 2, bidirectional=True), True),
+        ("masked_none", lambda: MaskedLSTM(I, H, 2, bidirectional=True), True),
+        ("masked_variational", lambda: MaskedLSTM(I, H, 2, bidirectional=True, placement="variational:p=0.3,rec=0.3"), True),
+        ("masked_variational_padded", lambda: MaskedLSTM(I, H, 2, bidirectional=True, placement="variational:p=0.3,rec=0.3"), False),
+    ):
+        m = build().to(DEVICE).train()
+
+        def step(m=m, packed=packed):
+            out, (h, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x)
+            data = out.data if packed else out
+            torch.autograd.grad(data.sum() + h.sum() + c.sum(), [x, *m.parameters()])
+
+        timings[name] = _median_ms(step)
+    result["timings_ms"] = timings
+    result["lines"] = [f"packed bidirectional T<={T} B={B} H={H}, fwd+bwd: " + ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items())]
+    result["kernels"] = _compiled_kernels()
+    return result
+
+
 STAGES = {  # name: (function, timeout in seconds); run in this order, the most telling first
     "environment": (stage_environment, 60),
     "correctness_medium": (stage_correctness_medium, 120),
     "correctness_long": (stage_correctness_long, 150),
     "correctness_small": (stage_correctness_small, 120),
+    "dropin": (stage_dropin, 90),
     "many_tiles": (stage_many_tiles, 60),
     "cooperative_too_large": (stage_cooperative_too_large, 30),
     "precision": (stage_precision, 90),

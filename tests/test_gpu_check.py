@@ -114,3 +114,16 @@ def test_the_correctness_code_runs_on_cpu_under_the_interpreter(gpu_check, monke
     assert {r["masks"] for r in result["rows"] if r["align"]} == set(gpu_check.ALIGN_CHECKED)
     assert sum("persistent_vs_per_step" in r for r in result["rows"]) == len(gpu_check._mask_settings())
     assert result["kernels"] == []  # interpreted kernels have no compiled binaries
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs this as a stage")
+def test_the_dropin_correctness_code_runs_on_cpu_under_the_interpreter(gpu_check, monkeypatch):
+    """The drop-in stage's comparison: packed, bidirectional, mixed lengths, Triton against the float64 spec."""
+    from kernels import triton_lstm
+
+    if not triton_lstm.interpreted():
+        pytest.skip("needs the Triton interpreter")
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    result = gpu_check._dropin_correctness(4, 3, 3, 4, tol=1e-4)
+    assert result["ok"], result["failures"]
+    assert len(result["rows"]) == 3 and all(r["output"] < 1e-4 for r in result["rows"])
