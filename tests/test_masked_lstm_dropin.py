@@ -104,6 +104,21 @@ def test_packed_layout_maps_pads_and_reverses_rows_in_place():
     assert torch.equal(layout.reverse(layout.reverse(p.data)), p.data)
 
 
+@pytest.mark.parametrize("lengths", [LENGTHS, [5, 5, 5], [9, 1, 1, 1], list(range(40, 0, -1)), [1]])
+def test_segments_cover_every_step_on_the_rows_active_there(lengths):
+    from probe.model import packed
+    layout = PackedLayout.of(pack_sequence([torch.zeros(n, 1) for n in lengths], enforce_sorted=False).batch_sizes)
+    spans = layout.segments
+    assert spans[0][0] == 0 and spans[-1][1] == layout.T and len(spans) <= packed.MAX_SEGMENTS
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    sizes = layout.batch_sizes.tolist()
+    assert all(rows == sizes[t0] >= max(sizes[t0:t1]) for t0, t1, rows in spans)
+    if len(set(lengths)) == 1:
+        assert spans == ((0, layout.T, layout.B),)  # nothing to cut, nothing frozen
+    if lengths == list(range(40, 0, -1)):  # a triangle: the spans skip much of the padding
+        assert sum((t1 - t0) * rows for t0, t1, rows in spans) < 0.75 * layout.T * layout.B
+
+
 def test_frozen_steps_keep_the_state_exactly_in_the_spec():
     """The freeze (zoneout of 1 past a row's end) returns each row's state at its own last step, bit for bit."""
     from kernels.reference import lstm_layer_loop

@@ -10,9 +10,10 @@ The per-layer computation lives here once and is shared by ``MaskedLSTM`` and
   mask (functionally, the parameter is never written), and the recurrence through
   ``kernels.lstm_layer_from_input`` (Triton on CUDA, the reference elsewhere).
 
-``MaskedLSTM`` keeps ``nn.LSTM``'s constructor arguments, parameter names and shapes
-(``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ...), initialisation,
-call signature and return shapes, so an ``nn.LSTM``'s state dict loads into it and back.
+``MaskedLSTM`` is a subclass of ``nn.LSTM``: its constructor arguments and checks, parameter names and
+shapes (``weight_ih_l0``, ``weight_hh_l0_reverse``, ``weight_hr_l0``, ...), initialisation, call
+signature, errors and return shapes, so an ``nn.LSTM``'s state dict loads into it and back; packed
+sequences, both directions and projections included (``probe.model.packed`` for packed rows).
 Sites: ``input`` on every layer's input (layer 0's is the caller's input), the recurrent
 sites inside the recurrence, ``weight`` on each ``weight_hh_l{k}``, ``output`` on the top
 layer's output; ``embedding`` has no meaning here (there is no embedding) and is refused.
@@ -435,11 +436,26 @@ class MaskedLSTM(nn.LSTM):
             w = w_hh if m.weight is None else w_hh * m.weight
             hs, state = lstm_layer_native(xm, w_ih, bias, h0, c0, w, w_hr=w_hr, batch_sizes=layout.batch_sizes)
         else:
-            rec = layout.freeze(m.recurrent, self.state_size, self.hidden_size, xs.dtype, xs.device)
-            hs, state = masked_lstm_layer(layout.pad(xs), w_ih, bias, h0, c0, w_hh, LayerMasks(m.input, m.weight, rec),
-                                          backend=self.backend, w_hr=w_hr)
+            hs, state = self._segments(layout.pad(xs), layout, w_ih, bias, h0, c0, w_hh, w_hr, m)
             hs = layout.pack(hs)
         return (layout.reverse(hs) if d else hs), state
+
+    def _segments(self, x, layout: PackedLayout, w_ih, bias, h0, c0, w_hh, w_hr, m: LayerMasks):
+        """The masked recurrence over a padded packed batch, one call per span of ``layout.segments`` on the
+        rows still active there; rows that end inside a span are frozen. Returns hs (T, B, ·), (h_T, c_T)."""
+        h, c = h0, c0
+        parts = []
+        for t0, t1, n in layout.segments:
+            def cut(u, t0=t0, t1=t1, n=n):
+                return None if u is None else (u[t0:t1, :n] if u.dim() == 3 else u[:n])
+
+            rec = layout.freeze(m.recurrent.map(cut), self.state_size, self.hidden_size, x.dtype, x.device, t0, t1, n)
+            hs, (h_n, c_n) = masked_lstm_layer(x[t0:t1, :n], w_ih, bias, h[:n], c[:n], w_hh,
+                                               LayerMasks(cut(m.input), m.weight, rec), backend=self.backend, w_hr=w_hr)
+            parts.append(hs if n == layout.B else torch.cat([hs, hs.new_zeros(t1 - t0, layout.B - n, hs.shape[-1])], 1))
+            h = h_n if n == layout.B else torch.cat([h_n, h[n:]])
+            c = c_n if n == layout.B else torch.cat([c_n, c[n:]])
+        return torch.cat(parts) if len(parts) > 1 else parts[0], (h, c)
 
 
 def _rows(masks: LSTMMasks, index: torch.Tensor) -> LSTMMasks:

@@ -10,10 +10,16 @@ the end get zoneout masks of 1 on h and c, which keep the state exactly (``z * h
 ``h`` at z = 1, in every backend, and its gradient to the step is exactly 0), so the final state of the
 padded run is each row's state at its own last step, and every backend runs packed input unchanged. A
 placement's own zoneout masks keep their values on the active steps.
+
+So that a batch of mixed lengths costs about its tokens rather than its longest row times its rows, the
+steps are cut into a few spans (``PackedLayout.segments``), each run as one call on the rows still active
+at its start; only rows that end inside a span are frozen there.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +27,9 @@ import torch
 from kernels import RecurrentMasks
 
 __all__ = ["PackedLayout"]
+
+MAX_SEGMENTS = 4  # spans of a packed batch run as separate calls (PackedLayout.segments)
+MIN_SAVING = 1 / 16  # a cut must save this share of the padded batch's steps x rows
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,6 @@ class PackedLayout:
     def B(self) -> int:
         return int(self.batch_sizes[0]) if self.T else 0
 
-    @property
-    def uniform(self) -> bool:
-        """Every row has the full length: the padded batch has no padding, nothing needs freezing."""
-        return bool((self.batch_sizes == self.B).all())
-
     def pad(self, data: torch.Tensor) -> torch.Tensor:
         """(N, D) packed -> (T, B, D) padded with zeros, rows in sorted order."""
         out = data.new_zeros(self.T, self.B, *data.shape[1:])
@@ -72,22 +76,52 @@ class PackedLayout:
         """(N, D) packed, with every row reversed within its own length (an involution)."""
         return data[self.reverse_index]
 
-    def active(self, dtype, device) -> torch.Tensor:
-        """(T, B, 1): 1 on each row's steps, 0 past its end."""
-        t = torch.arange(self.T, device=device).unsqueeze(1)
-        return (t < self.lengths.to(device).unsqueeze(0)).to(dtype).unsqueeze(-1)
+    @functools.cached_property
+    def segments(self) -> tuple[tuple[int, int, int], ...]:
+        """(t0, t1, rows): spans of steps run as one call each on their first ``rows`` rows (those still
+        active at t0), so that a batch of mixed lengths costs about its tokens, not its longest row times
+        its rows. Cuts go, greedily, where the active rows drop most, while a cut saves at least
+        ``MIN_SAVING`` of the padded work, up to ``MAX_SEGMENTS`` spans (each span is one more call)."""
+        sizes = self.batch_sizes.tolist()
+        T, B = self.T, self.B
+        cuts = [0, T]
+        drops = [t for t in range(1, T) if sizes[t] < sizes[t - 1]]
+        while len(cuts) - 1 < MAX_SEGMENTS:
+            best, at = 0, None
+            for t in drops:
+                i = bisect.bisect(cuts, t)
+                a, b = cuts[i - 1], cuts[i]
+                saving = (b - t) * (sizes[a] - sizes[t])
+                if saving > best:
+                    best, at = saving, t
+            if at is None or best < MIN_SAVING * T * B:
+                break
+            bisect.insort(cuts, at)
+        return tuple((a, b, sizes[a]) for a, b in zip(cuts, cuts[1:]))
 
-    def freeze(self, masks: RecurrentMasks, state_size: int, cell_size: int, dtype, device) -> RecurrentMasks:
-        """``masks`` with every step past a row's end zoned out (h and c kept exactly); see the module.
-        ``state_size`` is the size of h, ``cell_size`` that of c (they differ with a projection)."""
-        if self.uniform:
+    def active(self, dtype, device, t0: int = 0, t1: int | None = None, rows: int | None = None) -> torch.Tensor:
+        """(t1 - t0, rows, 1): 1 on each row's steps, 0 past its end (default: every step and row)."""
+        t1 = self.T if t1 is None else t1
+        rows = self.B if rows is None else rows
+        t = torch.arange(t0, t1, device=device).unsqueeze(1)
+        return (t < self.lengths[:rows].to(device).unsqueeze(0)).to(dtype).unsqueeze(-1)
+
+    def freeze(self, masks: RecurrentMasks, state_size: int, cell_size: int, dtype, device,
+               t0: int = 0, t1: int | None = None, rows: int | None = None) -> RecurrentMasks:
+        """``masks`` of steps [t0, t1) and the first ``rows`` rows, with every step past a row's end zoned out
+        (h and c kept exactly; see the module). ``state_size`` is the size of h, ``cell_size`` that of c
+        (they differ with a projection). Unchanged where no row ends in the span."""
+        t1 = self.T if t1 is None else t1
+        rows = self.B if rows is None else rows
+        if int(self.lengths[rows - 1]) >= t1:  # the shortest of these rows outlasts the span
             return masks
-        active = self.active(dtype, device).bool()
+        active = self.active(dtype, device, t0, t1, rows).bool()
         ended = (~active).to(dtype)
+        shape = (t1 - t0, rows)
 
         def keep(z: torch.Tensor | None, size: int) -> torch.Tensor:
-            frozen = ended.expand(self.T, self.B, size)
-            return frozen.contiguous() if z is None else torch.where(active, z.expand(self.T, self.B, size), frozen)
+            frozen = ended.expand(*shape, size)
+            return frozen.contiguous() if z is None else torch.where(active, z.expand(*shape, size), frozen)
 
         return masks._replace(zoneout_h=keep(masks.zoneout_h, state_size), zoneout_c=keep(masks.zoneout_c, cell_size))
 
