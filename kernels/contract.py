@@ -90,10 +90,14 @@ def first_order_only(backend: str):
                 out = backward(ctx, *grads)
             if not torch.is_grad_enabled():  # an ordinary backward
                 return out
+            single = not isinstance(out, tuple)
+            out = (out,) if single else out
             # Always wrapped, even where no incoming gradient requires grad: the gradient still depends on the
             # saved weights, and dropping that dependence silently is what this guard exists to prevent.
             err = _functions.DelayedError(message, len(out))
-            return err(*[None if g is None else g.detach().requires_grad_(True) for g in out])
+            guarded = err(*[None if g is None else g.detach().requires_grad_(True) for g in out])
+            guarded = (guarded,) if isinstance(guarded, torch.Tensor) else tuple(guarded)  # one output: a tensor
+            return guarded[0] if single else guarded
 
         return wrapper
 

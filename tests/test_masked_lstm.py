@@ -492,7 +492,7 @@ def test_the_triton_backend_computes_the_same_function():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     T, B, I, H, L = 4, 2, 3, 4, 2
     torch.manual_seed(0)
-    ref = MaskedLSTM(I, H, L, placement="zoneout:p=0.2,zc=0.3,zh=0.3", dropout=0.3, backend="reference").to(device, F64)
+    ref = MaskedLSTM(I, H, L, placement="zoneout:p=0.2,zc=0.3,zh=0.3", dropout=0.3, backend="compiled").to(device, F64)
     tri = MaskedLSTM(I, H, L, placement="zoneout:p=0.2,zc=0.3,zh=0.3", dropout=0.3, backend="triton").to(device, F64)
     tri.load_state_dict(ref.state_dict())
     masks = ref.sample_masks(T, B, torch.Generator().manual_seed(0), device="cpu")

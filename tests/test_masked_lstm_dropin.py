@@ -220,7 +220,7 @@ def rows_one_at_a_time(module, x, lengths, hx, masks):
     return outs, torch.cat(hs, 1), torch.cat(cs, 1)
 
 
-@pytest.mark.parametrize("backend", ["compiled", "spec"])
+@pytest.mark.parametrize("backend", ["auto", "compiled", "spec"])  # auto: zaremba, weight_drop on torch's fused LSTM
 @pytest.mark.parametrize("bidirectional,proj_size", SHAPES)
 @pytest.mark.parametrize("spec", PLACEMENTS)
 def test_a_packed_row_is_that_row_alone_with_its_masks(spec, bidirectional, proj_size, backend):
@@ -248,12 +248,10 @@ def test_a_packed_row_is_that_row_alone_with_its_masks(spec, bidirectional, proj
 
 
 @pytest.mark.parametrize("spec", ["variational:p=0.3,rec=0.4", "zoneout:p=0.2,zc=0.3,zh=0.4"])
-def test_the_triton_backend_runs_packed_bidirectional_input(spec, monkeypatch):
+def test_the_triton_backend_runs_packed_bidirectional_input(spec):
     """The Triton kernels (the interpreter on a CPU) on the freeze masks, against the loop spec."""
     pytest.importorskip("kernels.triton_lstm", reason="triton is not installed")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU, the interpreter (tests/conftest.py)
     lengths = [3, 1, 2]
     _, spec_m = pair(I=3, H=4, placement=spec, backend="spec", bidirectional=True)
     tri = MaskedLSTM(3, 4, 2, placement=spec, backend="triton", bidirectional=True).to(device, F64)
@@ -262,11 +260,14 @@ def test_the_triton_backend_runs_packed_bidirectional_input(spec, monkeypatch):
     x = padded_batch(lengths, I=3)
     p = pack_padded_sequence(x, lengths, enforce_sorted=False)
     a, (ha, ca) = spec_m(p, masks=masks)
+    (ga,) = torch.autograd.grad(a.data.sum() + ha.sum() + ca.sum(), x)
     on = lambda t: None if t is None else t.to(device)  # noqa: E731
     dev_masks = LSTMMasks([LayerMasks(on(m.input), on(m.weight), m.recurrent.map(on)) for m in masks.layers],
                           on(masks.output), [on(u) for u in masks.between])
-    b, (hb, cb) = tri(p.to(device), masks=dev_masks)
-    for u, v in ((a.data, b.data), (ha, hb), (ca, cb)):
+    xd = x.detach().to(device).requires_grad_(True)
+    b, (hb, cb) = tri(pack_padded_sequence(xd, lengths, enforce_sorted=False), masks=dev_masks)
+    (gb,) = torch.autograd.grad(b.data.sum() + hb.sum() + cb.sum(), xd)
+    for u, v in ((a.data, b.data), (ha, hb), (ca, cb), (ga, gb)):
         torch.testing.assert_close(u, v.cpu(), rtol=1e-10, atol=1e-12)
 
 
@@ -341,7 +342,40 @@ def test_an_empty_batch_returns_empty_outputs_as_nn_lstm(placement, batch_first)
     ours.train()
     x = torch.randn(*((0, 5, 3) if batch_first else (5, 0, 3)), dtype=F64)
     (a, (ha, ca)), (b, (hb, cb)) = ref(x), ours(x)
-    assert a.shape == b.shape and ha.shape == hb.shape and ca.shape == cb.shape
+    for u, v in ((a, b), (ha, hb), (ca, cb)):
+        assert u.shape == v.shape and u.dtype == v.dtype and u.numel() == 0
+
+
+@pytest.mark.parametrize("case", ["another batch", "another length", "packed, another batch", "wrong size",
+                                  "wrong dtype", "wrong weight"])
+def test_explicit_masks_of_another_shape_are_refused_in_one_line(case):
+    m = MaskedLSTM(3, 4, 2, placement="naive:p=0.3,rec=0.3", bidirectional=True).double()  # step masks
+    x = torch.randn(5, 3, 3, dtype=F64)
+    inp = pack_sequence([torch.randn(n, 3, dtype=F64) for n in (5, 2, 4)], enforce_sorted=False)
+    masks = {
+        "another batch": m.sample_masks(5, 1),
+        "another length": m.sample_masks(7, 3),
+        "packed, another batch": m.sample_masks(5, 8),
+        "wrong size": MaskedLSTM(3, 6, 2, placement="naive:p=0.3,rec=0.3", bidirectional=True).double().sample_masks(5, 3),
+        "wrong dtype": m.sample_masks(5, 3, dtype=torch.float32),
+        "wrong weight": MaskedLSTM(3, 4, 2, placement="weight_drop:p=0.1,w=0.3", bidirectional=True, proj_size=2).double().sample_masks(5, 3),
+    }[case]
+    with pytest.raises(ValueError) as err:
+        m(inp if case.startswith("packed") else x, masks=masks)
+    assert "mask" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ["auto", "compiled", "spec"])
+def test_under_autocast_the_masked_recurrence_runs_in_the_parameters_dtype(backend):
+    m = MaskedLSTM(3, 4, 2, placement="variational:p=0.3,rec=0.3", bidirectional=True, backend=backend).train()
+    x = torch.randn(5, 3, 3)
+    masks = m.sample_masks(5, 3, torch.Generator().manual_seed(0))
+    plain, (h, c) = m(x, masks=masks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (ha, ca) = m(x.bfloat16(), masks=masks)
+        packed, _ = m(pack_padded_sequence(x.bfloat16(), [5, 3, 2]), masks=masks)
+    assert out.dtype == ha.dtype == ca.dtype == packed.data.dtype == torch.float32
+    torch.testing.assert_close(out, m(x.bfloat16().float(), masks=masks)[0], rtol=0, atol=0)
 
 
 def test_nn_lstm_attributes_are_there():
@@ -369,7 +403,7 @@ def test_weight_reparametrisations_work_and_match_nn_lstm(wrap):
         def forward(self, w):
             return 2 * w
 
-    modules = pair(placement="none")
+    modules = pair(placement="none", backend="compiled")  # compiled: this module's layers, not nn.LSTM's call
     for m in modules:
         torch.manual_seed(0)
         if wrap == "weight_norm":
@@ -414,8 +448,8 @@ def test_an_awd_style_weight_drop_wrapper_works():
         out, _ = wd(rand(5, 3, 4, seed=0))
         out.sum().backward()
         assert module.weight_hh_l0_raw.grad is not None
-    # MaskedLSTM read the dropped weight: its output is nn.LSTM's on the same drop
-    ref, ours = pair(placement="none")
+    # MaskedLSTM's own layers read the dropped weight: its output is nn.LSTM's on the same drop
+    ref, ours = pair(placement="none", backend="compiled")
     outs = []
     for module in (ref, ours):
         wd = WeightDrop(module, "weight_hh_l0", 0.5).train()
@@ -436,9 +470,10 @@ def test_gradcheck_and_gradgradcheck_on_the_spec_with_masks():
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
+@pytest.mark.parametrize("backend", ["auto", "spec"])  # auto hands a mask-free pass to nn.LSTM; spec is ours
 @pytest.mark.parametrize("packed", [False, True])
-def test_gradcheck_and_gradgradcheck_without_masks_as_nn_lstm(packed):
-    m = MaskedLSTM(2, 3, 1, bidirectional=True).to(F64)
+def test_gradcheck_and_gradgradcheck_without_masks(packed, backend):
+    m = MaskedLSTM(2, 3, 1, bidirectional=True, backend=backend).to(F64)
     x = rand(3, 2, 2, seed=0, grad=True)
     if packed:
         fn = lambda x: m(pack_padded_sequence(x, [3, 2]))[0].data  # noqa: E731

@@ -30,6 +30,7 @@ even when ``batch_first=True``.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -330,21 +331,31 @@ class MaskedLSTM(nn.LSTM):
             T = input.shape[1 if batched and self.batch_first else 0]
             B = (input.shape[0 if self.batch_first else 1]) if batched else 1
             ref = input
+        # Under autocast the masked recurrence runs as a custom op in the parameters' dtype (nn.LSTM's fused
+        # kernels have their own reduced-precision path; ours keep one dtype end to end).
+        autocast = torch.is_autocast_enabled(ref.device.type)
+        dtype = self.weight_ih_l0.dtype if autocast else ref.dtype
         if masks is None:
-            masks = self.sample_masks(T, B, generator, training=self.training, dtype=ref.dtype, device=ref.device)
+            masks = self.sample_masks(T, B, generator, training=self.training, dtype=dtype, device=ref.device)
             if (_masks_free(masks) and self.backend in ("auto", "native") and native_supported(ref)) \
                     or T == 0 or B == 0 or ref.numel() == 0:
                 # nn.LSTM's function, and its own answers for empty batches and empty sequences
                 return super().forward(input, hx)
         else:
-            self._check_masks(masks)
+            self._check_masks(masks, T, B, dtype, ref.device)
             if T == 0 or B == 0 or ref.numel() == 0:
                 return super().forward(input, hx)
-        if packed:
-            return self._forward_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, masks)
-        return self._forward_padded(input, hx, masks)
+        with torch.autocast(ref.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            if autocast:
+                hx = None if hx is None else tuple(t.to(dtype) for t in hx)
+                data, input = (data.to(dtype), None) if packed else (None, input.to(dtype))
+            if packed:
+                return self._forward_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, masks)
+            return self._forward_padded(input, hx, masks)
 
-    def _check_masks(self, masks: LSTMMasks) -> None:
+    def _check_masks(self, masks: LSTMMasks, T: int, B: int, dtype, device) -> None:
+        """Explicit masks: one per layer and direction, each of the shape, dtype and device this pass needs,
+        so that a mask drawn for another batch is an error and never broadcast into a wrong result."""
         L, D = self.num_layers, self.num_directions
         if not isinstance(masks, LSTMMasks):
             raise ValueError(f"masks must be an LSTMMasks (see sample_masks); got {type(masks).__name__}")
@@ -353,6 +364,26 @@ class MaskedLSTM(nn.LSTM):
                 f"masks hold {len(masks.layers)} layers and {len(masks.between or ())} between-layer masks; "
                 f"this MaskedLSTM needs {L * D} (num_layers x directions) and {L - 1} (or none)"
             )
+        H, P = self.hidden_size, self.state_size
+        sizes = {"recurrent": P, "zoneout_h": P, "cell_update": H, "cell": H, "zoneout_c": H}
+        named = [("output", masks.output, P * D)] + [(f"between[{k}]", b, P * D) for k, b in enumerate(masks.between or ())]
+        for i, m in enumerate(masks.layers):
+            k = i // D
+            named.append((f"layers[{i}].input", m.input, self.input_size if k == 0 else P * D))
+            named += [(f"layers[{i}].recurrent.{n}", u, sizes[n]) for n, u in m.recurrent._asdict().items()]
+            if m.weight is not None and tuple(m.weight.shape) != (4 * H, P):
+                raise ValueError(f"mask layers[{i}].weight must be (4 * hidden_size, {P}) = {(4 * H, P)}; "
+                                 f"got {tuple(m.weight.shape)}")
+            named.append((f"layers[{i}].weight", m.weight, None))
+        for name, u, size in named:
+            if u is None:
+                continue
+            if u.dtype != dtype or u.device != device:
+                raise ValueError(f"mask {name} is {u.dtype} on {u.device}; this pass runs in {dtype} on {device} "
+                                 "(the input's, or the parameters' dtype under autocast)")
+            if size is not None and tuple(u.shape) not in ((T, B, size), (B, size)):
+                raise ValueError(f"mask {name} must be (T, B, {size}) = {(T, B, size)} or (B, {size}) for this "
+                                 f"input (time-major, in the input's batch order); got {tuple(u.shape)}")
 
     def _initial_state(self, x: torch.Tensor, B: int):
         D, L = self.num_directions, self.num_layers
@@ -467,3 +498,4 @@ def _rows(masks: LSTMMasks, index: torch.Tensor) -> LSTMMasks:
 
     layers = [LayerMasks(take(m.input), m.weight, m.recurrent.map(take)) for m in masks.layers]
     return LSTMMasks(layers, take(masks.output), [take(b) for b in masks.between or ()])
+

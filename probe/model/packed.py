@@ -39,7 +39,7 @@ class PackedLayout:
     batch_sizes: torch.Tensor  # (T,) int64 on the CPU, as PackedSequence holds it
     steps: torch.Tensor  # (N,) the step t of each packed entry
     rows: torch.Tensor  # (N,) the (sorted) row b of each packed entry
-    lengths: torch.Tensor  # (B,) each sorted row's length
+    lengths: torch.Tensor  # (B,) each sorted row's length, on the CPU
     reverse_index: torch.Tensor  # (N,) the packed index of (length_b - 1 - t, b): rows reversed in place
 
     @classmethod
@@ -53,7 +53,8 @@ class PackedLayout:
         lengths = (sizes.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)  # row b is active while b < sizes[t]
         reverse_index = offsets[lengths[rows] - 1 - steps] + rows
         on = dict(device=device)
-        return cls(sizes, steps.to(**on), rows.to(**on), lengths.to(**on), reverse_index.to(**on))
+        # lengths stay on the CPU: freeze reads them per span, which on a GPU would synchronise each time
+        return cls(sizes, steps.to(**on), rows.to(**on), lengths, reverse_index.to(**on))
 
     @property
     def T(self) -> int:
