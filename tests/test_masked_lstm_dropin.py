@@ -582,3 +582,65 @@ def test_the_onednn_linear_is_differentiable_twice():
         results.append(torch.autograd.grad(gx.pow(2).sum(), [x, w, b]))
     for u, v in zip(*results):
         torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-4 * float(v.abs().max()))  # float32, large sums
+
+
+class RNNModel(nn.Module):
+    """pytorch/examples' word_language_model/model.py RNNModel (LSTM case), with nn.LSTM replaced by MaskedLSTM
+    and nothing else changed: encoder, dropout, LSTM, decoder, tied weights, init_hidden."""
+
+    def __init__(self, ntoken, ninp, nhid, nlayers, dropout=0.5, tie_weights=False, lstm=nn.LSTM, **kw):
+        super().__init__()
+        self.ntoken = ntoken
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.rnn = lstm(ninp, nhid, nlayers, dropout=dropout, **kw)
+        self.decoder = nn.Linear(nhid, ntoken)
+        if tie_weights:
+            self.decoder.weight = self.encoder.weight
+        self.nhid, self.nlayers = nhid, nlayers
+
+    def forward(self, input, hidden):
+        emb = self.drop(self.encoder(input))
+        output, hidden = self.rnn(emb, hidden)
+        output = self.drop(output)
+        decoded = self.decoder(output).view(-1, self.ntoken)
+        return nn.functional.log_softmax(decoded, dim=1), hidden
+
+    def init_hidden(self, bsz):
+        weight = next(self.parameters())
+        return (weight.new_zeros(self.nlayers, bsz, self.nhid), weight.new_zeros(self.nlayers, bsz, self.nhid))
+
+
+def test_pytorch_examples_word_language_model_trains_saves_whole_and_reloads_with_only_the_class_changed():
+    torch.manual_seed(0)
+    model = RNNModel(30, 16, 16, 2, dropout=0.2, tie_weights=True, lstm=MaskedLSTM, placement="variational:p=0.2,rec=0.2")
+    g = torch.Generator().manual_seed(0)
+    data = (torch.arange(400) * 7 % 30).view(-1, 4)  # a periodic stream: learnable
+    opt = torch.optim.SGD(model.parameters(), lr=20.0)  # examples' default, with its clip of 0.25
+    first = last = None
+    for epoch in range(15):
+        model.train()
+        hidden = model.init_hidden(4)
+        for i in range(0, data.size(0) - 1, 20):  # examples' get_batch and repackage_hidden
+            x, y = data[i : i + 20], data[i + 1 : i + 21]
+            x = x[: len(y)]
+            hidden = tuple(h.detach() for h in hidden)
+            model.zero_grad()
+            out, hidden = model(x, hidden)
+            loss = nn.functional.nll_loss(out, y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            opt.step()
+            first = loss.item() if first is None else first
+            last = loss.item()
+    assert last < 0.5 * first
+    buf = io.BytesIO()
+    torch.save(model, buf)  # examples saves the whole model
+    buf.seek(0)
+    with torch.serialization.safe_globals([RNNModel, nn.Dropout, nn.Embedding, nn.Linear, *SAFE_GLOBALS]):
+        loaded = torch.load(buf, weights_only=True)
+    model.eval(), loaded.eval()
+    x = data[:20]
+    a, _ = model(x, model.init_hidden(4))
+    b, _ = loaded(x, loaded.init_hidden(4))
+    assert torch.equal(a, b) and loaded.rnn.placement.spec == model.rnn.placement.spec
