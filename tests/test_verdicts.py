@@ -112,6 +112,15 @@ def test_a_memory_check_that_cannot_be_computed_gives_one_answer_to_the_headline
     assert "at learned lags 3, 8" in claims[NAIVE]["test"] and claims[NAIVE]["verdict"] == "not shown"
 
 
+def test_on_real_text_a_failed_context_check_is_the_reason_the_memory_claims_give():
+    tests = run_tests(study(), design())
+    checks = [Check("overfits", "t", True, "", "f"), Check("context_used", "t", False, "", "f")]
+    claims = {c["placement"]: c for c in claim_verdicts(tests, checks, [NONE, ZAREMBA, NAIVE, VARIATIONAL])}
+    assert claims[NAIVE]["verdict"] == "not testable here"
+    assert "uses no context beyond the recent tokens" in claims[NAIVE]["test"]
+    assert "planted" not in claims[NAIVE]["test"]  # real text has no planted copies to speak of
+
+
 def test_the_deciding_test_is_named_and_changes_the_verdict():
     tests = run_tests(study(), design())
     welch = verdicts(tests, test="welch", alpha=0.05)

@@ -101,8 +101,10 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
                               "settled": bool(len(rows) and rows["settled"].astype(bool).all())})
             continue
         if not learned:
-            out.append(row | {"verdict": "not testable here", "fragile": False, "settled": False,
-                              "test": "the memory reference did not learn the planted copies at any lag"})
+            why = ("the memory reference uses no context beyond the recent tokens (context used: fail)"
+                   if passed.get("context_used") is False else
+                   "the memory reference did not learn the planted copies at any lag")
+            out.append(row | {"verdict": "not testable here", "fragile": False, "settled": False, "test": why})
             continue
         rows = _test_rows(tests, "copy_logprob", label, learned)
         if rows.empty:
