@@ -45,6 +45,18 @@ QUESTION = (
     "from the hidden state, and how perplexity depends on the context the model is given."
 )
 
+# Natural text has no planted copies: memory is how far back the model uses what it read.
+REAL_TEXT_QUESTION = (
+    "Where can dropout go in an LSTM without destroying its memory? Each placement trains the same model "
+    "on the same natural text over several seeds; we measure how much regularisation it buys (test perplexity "
+    "against no dropout, where data are scarce enough for the model without dropout to overfit) and how much "
+    "memory it costs (against zaremba's non-recurrent dropout at the same rate): how much the loss rises when "
+    "everything beyond d tokens back is shuffled or replaced by other text (Khandelwal et al. 2018), the "
+    "log-probability of a token whose previous occurrence d tokens back is intact against the same context "
+    "with that occurrence replaced, how much a token k steps back still changes the prediction, how much a "
+    "linear probe can read it from the hidden state, and how perplexity depends on the context the model is given."
+)
+
 
 @dataclass(frozen=True)
 class Regime:
@@ -158,7 +170,8 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
     tests = run_tests(df, design)
     checks = validity_checks(df, optimum_ppl=optimum, alpha=design.alpha, test=design.test, context_distance=distance)
     styles = placement_styles(df["placement"].unique())
-    lead = [tradeoff_figure(tests, design, learned_lags(checks), styles),
+    lead = [tradeoff_figure(tests, design, learned_lags(checks), styles, real_text=compare_with is not None
+                            or (df["measure"] == "replaced_nll_increase").any()),
             forest_figure(tests, [c.metric.name for c in design.answer], styles)]
     lags = list(design.lags)
     dose_panels = [("test_ppl", None, None, "test perplexity (lower is better)")]
@@ -182,7 +195,8 @@ def report_one(regimes: list[Regime], study: StudyPreset, path: Path, args, refe
             sentences.insert(-1, f"On this text, the settled verdicts of {', '.join(table['disagree'])} differ from "
                                  f"the synthetic study's (transfer table below).")
     return render_report(path, Report(
-        title=f"Memory decay under dropout placements: {_title_corpus(regimes)}", question=QUESTION, config=config,
+        title=f"Memory decay under dropout placements: {_title_corpus(regimes)}",
+        question=QUESTION if planted_lags(df) else REAL_TEXT_QUESTION, config=config,
         placements=placements, tidy=df, tests=tests, summary=report_text.summarize(tests, alpha=design.alpha),
         environment=env, figures=standard_figures(regime_rows(df, MEMORY), optimum), methods=methods,
         headline=sentences[:6], checks=checks, answer=answer_table(df, tests, design.answer, reference),

@@ -201,6 +201,8 @@ def test_the_tradeoff_figure_puts_every_placement_on_both_axes_by_name():
     assert "lag 8" in tradeoff_figure(tests, design(), [3, 8]).caption
     empty = tradeoff_figure(tests, design(), [])
     assert empty.svg is None and "No planted lag was learned" in empty.note
+    text = tradeoff_figure(tests, design(), [], real_text=True)
+    assert text.svg is None and "no planted copies" in text.note and "No planted lag" not in text.note
 
 
 def test_replication_probability_by_hand():
