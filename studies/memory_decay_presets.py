@@ -168,15 +168,16 @@ PRESETS: dict[str, StudyPreset] = {
             "shakespeare",
             "all eight placements at 0.3, 6 seeds, on Tiny Shakespeare (characters; its file must be found): 2 x 192 "
             "units, 30k training characters, 25 epochs at a constant rate, measured on natural text (context perturbation, "
-            "natural copies); its memory half needs larger models than a CPU trains (docs/regime.md)",
+            "natural copies); about 43 min on 2 CPU cores; its memory half needs larger models than a CPU trains "
+            "(docs/regime.md)",
             (_SHAKESPEARE,), seeds=6, placements=_rated(0.3), short_lag=2, long_lag=10,
         ),
         StudyPreset(
             "ptb",
             "all eight placements at 0.3, 6 seeds, on Penn Treebank words (canonical split where ptb.train.txt is "
             "found, else the declared substitute: PTB valid as training text): 70k training words, 12 epochs at a "
-            "constant rate, measured on natural text; its memory half needs larger models than a CPU trains "
-            "(docs/regime.md)",
+            "constant rate, measured on natural text (context perturbation, natural copies); about 50 min on 2 CPU "
+            "cores (docs/regime.md)",
             (_PTB,), seeds=6, placements=_rated(0.3), short_lag=2, long_lag=10,
         ),
         StudyPreset(
