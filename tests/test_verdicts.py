@@ -119,6 +119,9 @@ def test_on_real_text_a_failed_context_check_is_the_reason_the_memory_claims_giv
     assert claims[NAIVE]["verdict"] == "not testable here"
     assert "uses no context beyond the recent tokens" in claims[NAIVE]["test"]
     assert "planted" not in claims[NAIVE]["test"]  # real text has no planted copies to speak of
+    checks[1] = Check("context_used", "t", True, "", "f")
+    claims = {c["placement"]: c for c in claim_verdicts(tests, checks, [NONE, ZAREMBA, NAIVE, VARIATIONAL])}
+    assert claims[NAIVE]["verdict"] == "not testable here" and "not yet tested" in claims[NAIVE]["test"]
 
 
 def test_the_deciding_test_is_named_and_changes_the_verdict():

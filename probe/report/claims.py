@@ -101,9 +101,13 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
                               "settled": bool(len(rows) and rows["settled"].astype(bool).all())})
             continue
         if not learned:
-            why = ("the memory reference uses no context beyond the recent tokens (context used: fail)"
-                   if passed.get("context_used") is False else
-                   "the memory reference did not learn the planted copies at any lag")
+            if "context_used" in passed:  # natural text: no planted copies
+                why = ("the memory reference uses no context beyond the recent tokens (context used: fail)"
+                       if passed["context_used"] is not True else
+                       "on natural text these claims are not yet tested; the loss increase with distant context "
+                       "replaced is in the answer table")
+            else:
+                why = "the memory reference did not learn the planted copies at any lag"
             out.append(row | {"verdict": "not testable here", "fragile": False, "settled": False, "test": why})
             continue
         rows = _test_rows(tests, "copy_logprob", label, learned)
