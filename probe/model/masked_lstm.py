@@ -345,6 +345,8 @@ class MaskedLSTM(nn.LSTM):
             self._check_masks(masks, T, B, dtype, ref.device)
             if T == 0 or B == 0 or ref.numel() == 0:
                 return super().forward(input, hx)
+            if packed and sorted_indices is not None:  # explicit masks follow the caller's batch order, as hx does
+                masks = _rows(masks, sorted_indices)
         with torch.autocast(ref.device.type, enabled=False) if autocast else contextlib.nullcontext():
             if autocast:
                 hx = None if hx is None else tuple(t.to(dtype) for t in hx)
@@ -424,8 +426,6 @@ class MaskedLSTM(nn.LSTM):
             hx = self._batched_hx(hx, True)
             self.check_forward_args(data, hx, batch_sizes)
             hx = self.permute_hidden(hx, sorted_indices)
-        if sorted_indices is not None:  # explicit masks follow the caller's batch order, as hx does
-            masks = _rows(masks, sorted_indices)
         out, hidden = self._layers(data, hx, masks, layout)
         return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(hidden, unsorted_indices)
 
