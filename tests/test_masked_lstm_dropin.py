@@ -104,6 +104,25 @@ def test_packed_layout_maps_pads_and_reverses_rows_in_place():
     assert torch.equal(layout.reverse(layout.reverse(p.data)), p.data)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [LENGTHS, [5, 5, 5], [9, 1, 1, 1], list(range(40, 0, -1))])
+def test_span_index_gathers_each_spans_padded_block_and_places_its_outputs_back(lengths, reverse):
+    """The spans' blocks are the padded batch's [t0:t1, :n] (reversed within each row for the reverse
+    direction, zeros past a row's end), and ``place`` puts the flattened blocks back in packed order."""
+    from probe.model import packed
+    p = pack_sequence([torch.randn(n, 3, dtype=F64) for n in lengths], enforce_sorted=False)
+    layout = PackedLayout.of(p.batch_sizes)
+    data = layout.reverse(p.data) if reverse else p.data
+    full = layout.pad(data)
+    gather, place, sizes = layout.span_index(reverse)
+    blocks = torch.cat([p.data, p.data.new_zeros(1, 3)]).index_select(0, gather).split(sizes)
+    assert len(blocks) == len(layout.segments) <= packed.MAX_SEGMENTS
+    for (t0, t1, n), block in zip(layout.segments, blocks):
+        torch.testing.assert_close(block.view(t1 - t0, n, 3), full[t0:t1, :n], **TOL)
+    assert torch.equal(torch.cat(blocks).index_select(0, place), p.data)  # outputs return to their entries
+    assert layout.span_index(reverse) is layout.span_index(reverse)  # computed once per direction
+
+
 @pytest.mark.parametrize("lengths", [LENGTHS, [5, 5, 5], [9, 1, 1, 1], list(range(40, 0, -1)), [1]])
 def test_segments_cover_every_step_on_the_rows_active_there(lengths):
     from probe.model import packed

@@ -460,33 +460,35 @@ class MaskedLSTM(nn.LSTM):
             xs = x.flip(0) if d else x
             hs, state = masked_lstm_layer(xs, w_ih, bias, h0, c0, w_hh, m, backend=self.backend, w_hr=w_hr)
             return (hs.flip(0) if d else hs), state
-        xs = layout.reverse(x) if d else x
-        if all(r is None for r in m.recurrent) and self.backend in ("auto", "native") and native_supported(xs):
+        if all(r is None for r in m.recurrent) and self.backend in ("auto", "native") and native_supported(x):
             # torch's fused LSTM reads packed data itself; the input and weight masks are applied first
+            xs = layout.reverse(x) if d else x
             xm = self._mask(xs, m.input, layout)
             w = w_hh if m.weight is None else w_hh * m.weight
             hs, state = lstm_layer_native(xm, w_ih, bias, h0, c0, w, w_hr=w_hr, batch_sizes=layout.batch_sizes)
-        else:
-            hs, state = self._segments(layout.pad(xs), layout, w_ih, bias, h0, c0, w_hh, w_hr, m)
-            hs = layout.pack(hs)
-        return (layout.reverse(hs) if d else hs), state
+            return (layout.reverse(hs) if d else hs), state
+        return self._segments(x, layout, bool(d), w_ih, bias, h0, c0, w_hh, w_hr, m)
 
-    def _segments(self, x, layout: PackedLayout, w_ih, bias, h0, c0, w_hh, w_hr, m: LayerMasks):
-        """The masked recurrence over a padded packed batch, one call per span of ``layout.segments`` on the
-        rows still active there; rows that end inside a span are frozen. Returns hs (T, B, ·), (h_T, c_T)."""
+    def _segments(self, x, layout: PackedLayout, reverse: bool, w_ih, bias, h0, c0, w_hh, w_hr, m: LayerMasks):
+        """The masked recurrence over packed x (N, I), read forward or reversed, one call per span of
+        ``layout.segments`` on the rows still active there; rows that end inside a span are frozen.
+        Returns the packed output (N, ·) in x's order of steps, and (h_T, c_T)."""
+        gather, place, sizes = layout.span_index(reverse)
+        blocks = torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, gather).split(sizes)
         h, c = h0, c0
-        parts = []
-        for t0, t1, n in layout.segments:
-            def cut(u, t0=t0, t1=t1, n=n):
-                return None if u is None else (u[t0:t1, :n] if u.dim() == 3 else u[:n])
+        outs = []
+        for (t0, t1, n), xb in zip(layout.segments, blocks):
+            def cut(u, t0=t0, t1=t1, n=n):  # contiguous once here, not again in the forward and the backward
+                return None if u is None else (u[t0:t1, :n] if u.dim() == 3 else u[:n]).contiguous()
 
             rec = layout.freeze(m.recurrent.map(cut), self.state_size, self.hidden_size, x.dtype, x.device, t0, t1, n)
-            hs, (h_n, c_n) = masked_lstm_layer(x[t0:t1, :n], w_ih, bias, h[:n], c[:n], w_hh,
+            hs, (h_n, c_n) = masked_lstm_layer(xb.view(t1 - t0, n, x.shape[1]), w_ih, bias, h[:n], c[:n], w_hh,
                                                LayerMasks(cut(m.input), m.weight, rec), backend=self.backend, w_hr=w_hr)
-            parts.append(hs if n == layout.B else torch.cat([hs, hs.new_zeros(t1 - t0, layout.B - n, hs.shape[-1])], 1))
+            outs.append(hs.reshape(-1, hs.shape[-1]))
             h = h_n if n == layout.B else torch.cat([h_n, h[n:]])
             c = c_n if n == layout.B else torch.cat([c_n, c[n:]])
-        return torch.cat(parts) if len(parts) > 1 else parts[0], (h, c)
+        flat = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return flat.index_select(0, place), (h, c)
 
 
 def _rows(masks: LSTMMasks, index: torch.Tensor) -> LSTMMasks:

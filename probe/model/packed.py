@@ -13,7 +13,9 @@ placement's own zoneout masks keep their values on the active steps.
 
 So that a batch of mixed lengths costs about its tokens rather than its longest row times its rows, the
 steps are cut into a few spans (``PackedLayout.segments``), each run as one call on the rows still active
-at its start; only rows that end inside a span are frozen there.
+at its start; only rows that end inside a span are frozen there. ``PackedLayout.span_index`` takes each
+span's padded block straight from the packed data and the spans' outputs straight back, in one gather
+each way (for the reverse direction with the reversal folded in), so no full padded copy is made.
 """
 
 from __future__ import annotations
@@ -75,7 +77,36 @@ class PackedLayout:
 
     def reverse(self, data: torch.Tensor) -> torch.Tensor:
         """(N, D) packed, with every row reversed within its own length (an involution)."""
-        return data[self.reverse_index]
+        # index_select, not data[index]: its backward is an index_add, where indexing's is a slower index_put
+        return data.index_select(0, self.reverse_index)
+
+    def span_index(self, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """``(gather, place, sizes)`` for running ``segments`` on packed (N, D) data, read forward or reversed
+        (each row from its own last step): ``[data; 0].index_select(0, gather).split(sizes)`` are the spans'
+        padded blocks, flattened, in order (row b of span (t0, t1, n) at step t is the entry the direction
+        reads there, or the zero row N past the row's end); and if ``flat`` is the spans' outputs flattened
+        and joined in the same order, ``flat.index_select(0, place)`` is the output packed, in the data's
+        own order of steps. Computed once per layout and direction."""
+        key = "span_index_reverse" if reverse else "span_index_forward"
+        if key not in self.__dict__:
+            self.__dict__[key] = self._build_span_index(reverse)  # a frozen dataclass caches as cached_property does
+        return self.__dict__[key]
+
+    def _build_span_index(self, reverse: bool):
+        sizes = self.batch_sizes
+        steps = torch.repeat_interleave(torch.arange(self.T), sizes)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        rows = torch.arange(steps.numel()) - offsets[steps]
+        read_at = self.lengths[rows] - 1 - steps if reverse else steps  # the step the direction reads entry i
+        t0, t1, n = (torch.tensor(v) for v in zip(*self.segments))
+        blocks = (t1 - t0) * n
+        base = torch.cumsum(blocks, 0) - blocks
+        span = torch.bucketize(read_at, t0, right=True) - 1
+        place = base[span] + (read_at - t0[span]) * n[span] + rows
+        gather = torch.full((int(blocks.sum()),), steps.numel(), dtype=torch.int64)
+        gather[place] = torch.arange(steps.numel())
+        device = self.steps.device
+        return gather.to(device), place.to(device), tuple(blocks.tolist())
 
     @functools.cached_property
     def segments(self) -> tuple[tuple[int, int, int], ...]:

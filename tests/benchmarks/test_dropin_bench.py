@@ -32,7 +32,7 @@ CASES = {  # name: (longest T, B, input size, hidden size, bidirectional)
     "one_direction": (50, 32, 128, 128, False),
 }
 PLACEMENTS = ["variational:p=0.3,rec=0.3", "zoneout:p=0.1,zc=0.1,zh=0.05"]
-ROUNDS = dict(rounds=20, warmup_rounds=2) if CUDA else dict(rounds=8, warmup_rounds=1)
+ROUNDS = dict(rounds=20, warmup_rounds=2)
 
 
 def batch(T, B, I, seed=0):
