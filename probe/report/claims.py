@@ -6,6 +6,12 @@ claim of *no* memory loss: no significant loss at any learned lag), ``contradict
 significant the other way (a claimed harmless mask that loses memory; a claimed regulariser that raises
 test perplexity), ``not shown`` where the difference the claim predicts is not significant at this n,
 and ``not testable here`` where the placement was not run or the check its half needs failed.
+
+The memory claims read the planted copies' log-probability at the learned lags on the synthetic language.
+On natural text, which has no planted copies, they read the loss increase when the context beyond the
+context check's distance is replaced (``probe.measure.perturbation``): a placement whose model uses
+significantly less of that distant context than the memory reference's has lost memory. That test is
+only read where the memory reference itself uses the distant context (the ``context_used`` check).
 """
 
 from __future__ import annotations
@@ -100,25 +106,25 @@ def claim_verdicts(tests: pd.DataFrame, checks: list[Check], placements) -> list
                               "fragile": bool(len(rows) and rows["fragile"].astype(bool).any()),
                               "settled": bool(len(rows) and rows["settled"].astype(bool).all())})
             continue
-        if not learned:
-            if "context_used" in passed:  # natural text: no planted copies
-                why = ("the memory reference uses no context beyond the recent tokens (context used: fail)"
-                       if passed["context_used"] is not True else
-                       "on natural text these claims are not yet tested; the loss increase with distant context "
-                       "replaced is in the answer table")
-            else:
-                why = "the memory reference did not learn the planted copies at any lag"
+        if learned:
+            rows = _test_rows(tests, "copy_logprob", label, learned)
+            if rows.empty:
+                rows = _test_rows(tests, "recall_accuracy", label, learned)
+            at = f"at learned lags {', '.join(map(str, learned))}"
+        elif passed.get("context_used") is True:  # natural text: the distant context the reference uses
+            rows = _test_rows(tests, "replaced_nll_increase", label)
+            at = (f"the loss increase with the context beyond {fmt(rows['x'].iloc[0], 3)} tokens replaced"
+                  if len(rows) else "")
+        else:
+            why = ("the memory reference uses no context beyond the recent tokens (context used: fail)"
+                   if "context_used" in passed else "the memory reference did not learn the planted copies at any lag")
             out.append(row | {"verdict": "not testable here", "fragile": False, "settled": False, "test": why})
             continue
-        rows = _test_rows(tests, "copy_logprob", label, learned)
-        if rows.empty:
-            rows = _test_rows(tests, "recall_accuracy", label, learned)
         if rows.empty:
             out.append(row | {"verdict": "not testable here", "test": "no memory test of this placement",
                               "fragile": False, "settled": False})
             continue
         better, worse = _significant(rows)
-        at = f"at learned lags {', '.join(map(str, learned))}"
         if claim.kind == COSTS_MEMORY:
             verdict = "supported" if len(worse) else "contradicted" if len(better) else "not shown"
         else:  # KEEPS_MEMORY: a significant loss at any learned lag contradicts it
