@@ -2,8 +2,8 @@
 
 A ``PackedSequence`` holds the rows of a batch sorted by decreasing length, time-major: ``data`` is every
 step's active rows, one after the other (``batch_sizes[t]`` rows at step t). ``PackedLayout`` maps that
-layout to the padded (T, B) one and back, and reverses each row within its own length (the reverse
-direction of a bidirectional layer starts at each row's last token, as ``nn.LSTM``'s does).
+layout to the padded (T, B) one, and reverses each row within its own length (the reverse direction of a
+bidirectional layer starts at each row's last token, as ``nn.LSTM``'s does).
 
 The recurrence kernels know nothing of lengths. A row that has ended is *frozen* instead: its steps past
 the end get zoneout masks of 1 on h and c, which keep the state exactly (``z * h + (1 - z) * h_new`` is
@@ -47,11 +47,8 @@ class PackedLayout:
     @classmethod
     def of(cls, batch_sizes: torch.Tensor, device=None) -> "PackedLayout":
         sizes = batch_sizes.to("cpu", torch.int64)
-        T = int(sizes.numel())
-        B = int(sizes[0]) if T else 0
-        steps = torch.repeat_interleave(torch.arange(T), sizes)
-        offsets = torch.cumsum(sizes, 0) - sizes  # the packed index of step t's first row
-        rows = torch.arange(steps.numel()) - offsets[steps]
+        B = int(sizes[0]) if sizes.numel() else 0
+        steps, offsets, rows = _entries(sizes)
         lengths = (sizes.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)  # row b is active while b < sizes[t]
         reverse_index = offsets[lengths[rows] - 1 - steps] + rows
         on = dict(device=device)
@@ -71,10 +68,6 @@ class PackedLayout:
         out = data.new_zeros(self.T, self.B, *data.shape[1:])
         return out.index_put((self.steps, self.rows), data)
 
-    def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        """(T, B, D) padded -> (N, D) packed (the padded steps dropped)."""
-        return padded[self.steps, self.rows]
-
     def reverse(self, data: torch.Tensor) -> torch.Tensor:
         """(N, D) packed, with every row reversed within its own length (an involution)."""
         # index_select, not data[index]: its backward is an index_add, where indexing's is a slower index_put
@@ -93,10 +86,7 @@ class PackedLayout:
         return self.__dict__[key]
 
     def _build_span_index(self, reverse: bool):
-        sizes = self.batch_sizes
-        steps = torch.repeat_interleave(torch.arange(self.T), sizes)
-        offsets = torch.cumsum(sizes, 0) - sizes
-        rows = torch.arange(steps.numel()) - offsets[steps]
+        steps, _, rows = _entries(self.batch_sizes)
         read_at = self.lengths[rows] - 1 - steps if reverse else steps  # the step the direction reads entry i
         t0, t1, n = (torch.tensor(v) for v in zip(*self.segments))
         blocks = (t1 - t0) * n
@@ -162,3 +152,11 @@ class PackedLayout:
         if mask is None:
             return None
         return mask[self.steps, self.rows] if mask.dim() == 3 else mask[self.rows]
+
+
+def _entries(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(steps, offsets, rows) on the CPU: each packed entry's step and sorted row, and the packed index of
+    each step's first row."""
+    steps = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    return steps, offsets, torch.arange(steps.numel()) - offsets[steps]
