@@ -18,27 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "benchmarks"))
-from test_dropin_bench import CASES, DEVICE, PLACEMENTS, batch, module  # noqa: E402
+from test_dropin_bench import CASES, DEVICE, PLACEMENTS, training_step  # noqa: E402
 
 
-def training_step(case: str, impl: str):
-    T, B, I, H, bidirectional = CASES[case]
-    m = module(impl, I, H, bidirectional)
-    x, lengths = batch(T, B, I)
-    x.requires_grad_(True)
-    padded = impl.endswith("_padded")
-    g = torch.Generator(device=DEVICE).manual_seed(1)
-
-    def step():
-        inp = x if padded else pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out, (h, c) = m(inp, generator=g)
-        ((out if padded else out.data).sum() + h.sum() + c.sum()).backward()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-
+def warm_step(case: str, impl: str):
+    step, _ = training_step(case, impl)
     step()  # warm-up: the compiled loop loads, the allocator settles
     return step
 
@@ -63,8 +49,8 @@ def main(argv=None) -> None:
     print(f"device {DEVICE}, {torch.get_num_threads()} threads, {args.pairs} pairs per case")
     for case in CASES:
         for placement in PLACEMENTS:
-            packed = training_step(case, f"masked_{placement}")
-            padded = training_step(case, f"masked_{placement}_padded")
+            packed = warm_step(case, f"masked_{placement}")
+            padded = warm_step(case, f"masked_{placement}_padded")
             r = paired_ratios(packed, padded, args.pairs)
             boots = np.median(rng.choice(r, (2000, r.size)), axis=1)
             lo, hi = np.percentile(boots, [2.5, 97.5])
