@@ -32,10 +32,11 @@ def tradeoff_figure(tests: pd.DataFrame, design: StudyDesign, lags_learned: list
     """One point per placement with both intervals; a note instead where either axis was not tested."""
     fit_col, memory_col = design.tradeoff(lags_learned)
     if memory_col is None or tests.empty:
-        why = ("This text has no planted copies, and the memory reference's use of distant context is the memory "
-               "axis only where the context check passes" if real_text else
-               "No planted lag was learned by the memory reference (or nothing was tested)")
-        return Figure(KEY, TITLE, "", None, f"{why}, so memory cost has no axis here.")
+        note = ("This text has no planted copies, so memory cost has no axis here; each placement's loss increase "
+                "with the distant context replaced is in the answer table and the claims." if real_text else
+                "No planted lag was learned by the memory reference (or nothing was tested), so memory cost has no "
+                "axis here.")
+        return Figure(KEY, TITLE, "", None, note)
     fit, memory = fit_col.metric.name, memory_col.metric.name
     lag = f"{memory_col.metric.x:g}"
     caption = (f"Across: test perplexity of {readable(design.fit_reference)} minus the placement's (regularisation "
